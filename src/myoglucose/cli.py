@@ -1,0 +1,378 @@
+"""The ``myoglucose`` command line: explicit input and output paths, atomic writes, exit 0 only on success.
+
+Every subcommand parses its options, configures JAX first (float64, device, persistent compilation cache,
+``EQX_ON_ERROR=nan``), calls the library and writes the outputs. Errors in user input (data, config, protocols,
+parameter tables) print one line ``error: <file>: row <r>, column '<c>': <message>`` and exit with status 2; a fit
+that fails its convergence thresholds exits 3 from ``diagnose``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Bayesian inference for a multi-scale model of muscle contraction and insulin sensitivity.")
+
+EXIT_INPUT = 2
+EXIT_DIAGNOSTICS = 3
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("MYOGLUCOSE_ROOT", Path.cwd()))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fail(msg: str, code: int = EXIT_INPUT) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors():
+    """Turn input errors into one clear line and a non-zero exit (no traceback)."""
+    from .data.errors import DataValidationError
+    from .model.protocol import ProtocolError
+    from .model.spec import SpecError
+
+    try:
+        yield
+    except (DataValidationError, ProtocolError, SpecError, ConfigError) as e:
+        fail(str(e))
+    except FileNotFoundError as e:
+        fail(f"{e.filename}: file not found")
+    except ValueError as e:
+        fail(str(e))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: Optional[Path]) -> dict:
+    import yaml
+
+    if path is None:
+        return {}
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    from .config import validate_config
+
+    validate_config(cfg, str(path))
+    return cfg
+
+
+def atomic_path(final: Path, suffix: str = "") -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_atomic_text(final: Path, text: str) -> None:
+    tmp = atomic_path(final)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_tree(tree, final: Path) -> None:
+    tmp = atomic_path(final, ".nc")
+    try:
+        tree.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_tree(path: Path):
+    import xarray as xr
+
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    return xr.load_datatree(path, engine="h5netcdf")
+
+
+def setup_runtime(cfg: dict, host_devices: int = 1) -> dict:
+    from . import runtime
+
+    cache = (cfg.get("compilation_cache") or {}).get("dir") if isinstance(cfg.get("compilation_cache"), dict) \
+        else cfg.get("compilation_cache")
+    return runtime.configure(cfg.get("device", "auto"), cache, host_devices)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+@app.command()
+def prepare(
+    dataset_dir: Path = typer.Option(..., "--dataset-dir", help="data/<dataset_id>/ with dataset.yaml, raw/, SHA256SUMS"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="where measurements.tsv, conditions.tsv, provenance.tsv go"),
+):
+    """Raw curated data -> validated tidy tables (checksums, units, schema)."""
+    from .data import prepare_to_dir
+
+    with user_errors():
+        t0 = time.perf_counter()
+        tables = prepare_to_dir(dataset_dir, out_dir, repo_root())
+        log(f"prepared {dataset_dir}: {len(tables.measurements)} measurements, {len(tables.conditions)} conditions "
+            f"-> {out_dir} ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
+def simulate(
+    model: Path = typer.Option(..., "--model", help="model variant folder, e.g. models/full"),
+    protocol: Path = typer.Option(..., "--protocol", help="protocol YAML file"),
+    out: Path = typer.Option(..., "--out", help="CSV of every state and observable over time"),
+    params: Optional[Path] = typer.Option(None, "--params", help="TSV (parameterId, value) or YAML mapping of overrides"),
+    body_weight: float = typer.Option(70.0, "--body-weight", help="body weight [kg]"),
+    bsa: float = typer.Option(1.8, "--bsa", help="body surface area [m^2]"),
+    points: int = typer.Option(1441, "--points", help="output time points (plus every protocol event time)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config YAML (solver settings, device)"),
+):
+    """Simulate a protocol from the basal fasting state; writes a CSV with units in the header."""
+    with user_errors():
+        cfg = load_config(config)
+        setup_runtime(cfg)
+        from .simulation import simulate_protocol_table
+
+        overrides = _read_param_overrides(params) if params else {}
+        df = simulate_protocol_table(model, protocol, overrides, body_weight, bsa, points, cfg.get("solver"))
+        tmp = atomic_path(out)
+        try:
+            df.to_csv(tmp, index=False, float_format="%.10g")
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log(f"simulated {protocol} with {model}: {len(df)} time points -> {out}")
+
+
+def _read_param_overrides(path: Path) -> dict[str, float]:
+    import pandas as pd
+    import yaml
+
+    if path.suffix in (".yaml", ".yml"):
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping parameterId: value")
+        items = doc.items()
+    else:
+        df = pd.read_csv(path, sep="\t")
+        if not {"parameterId", "value"} <= set(df.columns):
+            raise ConfigError(f"{path}: row 1: expected columns 'parameterId' and 'value'")
+        items = zip(df["parameterId"], df["value"])
+    from .model.equations import PARAMETER_UNITS
+
+    out = {}
+    for i, (k, v) in enumerate(items):
+        if k not in PARAMETER_UNITS:
+            raise ConfigError(f"{path}: row {i + 2}, column 'parameterId': unknown parameter {k!r}")
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: row {i + 2}, column 'value': not a number: {v!r}") from None
+    return out
+
+
+@app.command()
+def fit(
+    tidy_dir: Path = typer.Option(..., "--tidy-dir", help="results/tidy/<dataset>/ from `prepare`"),
+    model: Path = typer.Option(..., "--model", help="model variant folder"),
+    config: Path = typer.Option(..., "--config", help="config YAML (solver, sampler, device)"),
+    out: Path = typer.Option(..., "--out", help="posterior NetCDF (ArviZ DataTree)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="override sampler.seed"),
+):
+    """Tidy data + model variant + sampler settings -> posterior NetCDF."""
+    with user_errors():
+        cfg = load_config(config)
+        import yaml
+
+        sampler = dict(cfg.get("sampler") or {})
+        if seed is not None:
+            sampler["seed"] = seed
+        from .inference.sample import SamplerSettings
+        from .model.simulate import SolverSettings
+
+        settings = SamplerSettings.from_dict(sampler)
+        SolverSettings.from_dict(cfg.get("solver"))
+        info = setup_runtime(cfg)
+        # validate inputs before any expensive work
+        from .data import read_tables
+        from .model.spec import load_model
+
+        spec = load_model(model)
+        read_tables(tidy_dir, repo_root())
+        from .inference.fit import FitJob, build_tree, fit_summary, run_fit
+        from .provenance import provenance_attrs
+
+        job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model), repo_root=str(repo_root()),
+                     solver=dict(cfg.get("solver") or {}), sampler=dataclasses_asdict(settings),
+                     device=cfg.get("device", "auto"), cache_dir=info.get("cache_dir") or None)
+        t0 = time.perf_counter()
+        samples, stats, problem = run_fit(job, log=log)
+        data_files = [tidy_dir / n for n in ("measurements.tsv", "conditions.tsv", "provenance.tsv")]
+        attrs = provenance_attrs(
+            config_yaml=yaml.safe_dump(cfg, sort_keys=True), seed=settings.seed, data_files=data_files,
+            model_files=spec.sha_inputs(),
+            extra={"model_variant": spec.id, "dataset_id": tidy_dir.name, "solver": job.solver.get("name", "Kvaerno5"),
+                   "rtol": float(job.solver.get("rtol", 1e-6)), "atol": float(job.solver.get("atol", 1e-8)),
+                   "backend": info["backend"], "active_states": list(problem[1].active),
+                   "sampler_settings": dataclasses_asdict(settings)},
+        )
+        tree = build_tree(samples, stats, problem, settings, attrs, log=log)
+        summ = fit_summary(stats, tree)
+        summ["total_wall_s"] = time.perf_counter() - t0
+        tree.attrs["fit_summary"] = json.dumps(summ)
+        write_tree(tree, out)
+        log(f"wrote {out}: {summ}")
+
+
+def dataclasses_asdict(x) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(x)
+
+
+@app.command()
+def diagnose(
+    posterior: Path = typer.Option(..., "--posterior", help="posterior NetCDF from `fit`"),
+    config: Path = typer.Option(..., "--config", help="config YAML (diagnostics thresholds)"),
+    out_table: Path = typer.Option(..., "--out-table", help="convergence table (TSV)"),
+    out_verdict: Path = typer.Option(..., "--out-verdict", help="verdict JSON"),
+    no_fail: bool = typer.Option(False, "--no-fail", help="exit 0 even when thresholds are not met"),
+):
+    """Convergence table (R-hat, ESS, divergences, E-BFMI, tree depth, ODE failures) and a pass/fail verdict."""
+    with user_errors():
+        cfg = load_config(config)
+        from .diagnostics import Thresholds, convergence_table, sampler_summary, verdict
+
+        tree = read_tree(posterior)
+        th = Thresholds.from_dict(cfg.get("diagnostics") or {})
+        table = convergence_table(tree)
+        summ = sampler_summary(tree, int((cfg.get("sampler") or {}).get("max_tree_depth", 10)))
+        v = verdict(table, summ, th)
+        v["summary"] = summ
+        tmp = atomic_path(out_table)
+        try:
+            table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+            os.replace(tmp, out_table)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_atomic_text(out_verdict, json.dumps(v, indent=2, default=float))
+        status = "PASSED" if v["passed"] else "FAILED"
+        log(f"convergence {status}" + ("" if v["passed"] else ": " + "; ".join(v["failures"])))
+        if not v["passed"] and not no_fail:
+            raise typer.Exit(EXIT_DIAGNOSTICS)
+
+
+@app.command()
+def predict(
+    posterior: Path = typer.Option(..., "--posterior", help="posterior NetCDF from `fit`"),
+    tidy_dir: Path = typer.Option(..., "--tidy-dir", help="tidy tables the fit used"),
+    model: Path = typer.Option(..., "--model", help="model variant folder"),
+    config: Path = typer.Option(..., "--config", help="config YAML (predict.scenarios, predict.draws, solver)"),
+    out: Path = typer.Option(..., "--out", help="predictive NetCDF"),
+):
+    """Posterior predictive time courses for every data condition and every named scenario, per group."""
+    with user_errors():
+        cfg = load_config(config)
+        setup_runtime(cfg)
+        from .prediction import predictive_tree
+
+        tree = read_tree(posterior)
+        pcfg = cfg.get("predict") or {}
+        scen = [Path(s) for s in (pcfg.get("scenarios") or [])]
+        pred = predictive_tree(tree, tidy_dir, model, scen, int(pcfg.get("draws", 200)), cfg.get("solver"),
+                               repo_root(), log=log)
+        write_tree(pred, out)
+        log(f"wrote {out}")
+
+
+@app.command()
+def report(
+    posterior: Path = typer.Option(..., "--posterior", help="posterior NetCDF"),
+    predictive: Path = typer.Option(..., "--predictive", help="predictive NetCDF"),
+    diagnostics: Path = typer.Option(..., "--diagnostics", help="convergence table TSV"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for figures and tables"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model variant folder (for the methods paragraph)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config YAML (report formats, dpi)"),
+):
+    """Figures (svg, pdf, png) and tables (csv, tex) of one fit."""
+    with user_errors():
+        cfg = load_config(config)
+        from .reporting import write_fit_report
+
+        files = write_fit_report(read_tree(posterior), read_tree(predictive), diagnostics, out_dir, model, cfg, log=log)
+        log(f"wrote {len(files)} files to {out_dir}")
+
+
+@app.command()
+def behaviours(
+    model: Path = typer.Option(..., "--model", help="model variant folder"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for behaviours.{svg,pdf,png} and behaviours.tsv"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config YAML (solver, device, report formats)"),
+):
+    """The nine behaviours of MODEL.md: one panel figure and a table of the checked numbers."""
+    with user_errors():
+        cfg = load_config(config)
+        setup_runtime(cfg)
+        from .behaviours import check_behaviours, plot_behaviours
+        from .model.spec import load_model
+        from .report.export import save_figure, save_table
+
+        spec = load_model(model)
+        res = check_behaviours(spec, cfg.get("solver"), repo_root(), log=log)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rep = (cfg.get("report") or {})
+        save_figure(plot_behaviours(res), out_dir / "behaviours", formats=tuple(rep.get("formats", ("svg", "pdf", "png"))),
+                    dpi=int(rep.get("dpi", 300)))
+        save_table(res.table, out_dir / "behaviours", caption=f"The nine behaviours of {spec.id}",
+                   label=f"tab:behaviours-{spec.id}")
+        tsv = out_dir / "behaviours.tsv"
+        write_atomic_text(tsv, res.table.to_csv(sep="\t", index=False, float_format="%.6g"))
+        n_ok = int(res.table["passed"].sum())
+        log(f"behaviours: {n_ok}/{len(res.table)} checks pass -> {out_dir}")
+
+
+@app.command()
+def compare(
+    posteriors: list[Path] = typer.Option(..., "--posterior", help="posterior NetCDF (repeat per model)"),
+    labels: list[str] = typer.Option(..., "--label", help="model label (repeat, same order)"),
+    out: Path = typer.Option(..., "--out", help="CSV of the PSIS-LOO comparison (a .tex is written beside it)"),
+):
+    """PSIS-LOO comparison of model variants fitted to the same data, with Pareto-k counts."""
+    with user_errors():
+        if len(posteriors) != len(labels):
+            raise ConfigError("give one --label per --posterior")
+        from .report import loo_compare
+        from .report.export import save_table
+
+        df = loo_compare({lab: read_tree(p) for lab, p in zip(labels, posteriors)})
+        save_table(df, out.with_suffix(""), caption="PSIS-LOO comparison of model variants",
+                   label="tab:loo")
+        log(f"wrote {out}")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Fit orchestration: tidy tables + model variant + settings -> posterior DataTree (no file writes here).
+
+``FitJob`` is a small picklable description (paths and settings), so chains can run in separate processes: each
+process rebuilds the same model from the same files, runs its chain with ``PRNGKey(seed)`` folded with the chain
+index, and returns numpy arrays. The merged result equals a sequential run with the same seed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from .sample import SamplerSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class FitJob:
+    tidy_dir: str
+    model_dir: str
+    repo_root: str
+    solver: dict
+    sampler: dict
+    device: str = "auto"
+    cache_dir: str | None = None
+
+
+def load_problem(job: FitJob):
+    """(spec, data, builder) for a job: validated tidy tables -> arrays -> NumPyro model."""
+    from ..data import read_tables
+    from ..model.simulate import SolverSettings
+    from ..model.spec import load_model
+    from .arrays import build_fit_data
+    from .numpyro_model import ModelBuilder
+
+    spec = load_model(job.model_dir)
+    tables = read_tables(Path(job.tidy_dir), Path(job.repo_root))
+    meas, conds = tables.measurements, tables.conditions
+    data = build_fit_data(meas, conds, Path(job.repo_root), set(spec.observables))
+    builder = ModelBuilder(spec, data, SolverSettings.from_dict(job.solver))
+    return spec, data, builder
+
+
+def _chain_worker(args) -> dict:
+    job, chain, init = args
+    from .. import runtime
+
+    runtime.configure(job.device, job.cache_dir)
+    from .sample import run_nuts
+
+    _, data, builder = load_problem(job)
+    settings = SamplerSettings.from_dict(job.sampler)
+    t0 = time.perf_counter()
+    out = run_nuts(builder, data.arrays, settings, init, [chain])
+    out["wall"] = time.perf_counter() - t0
+    return out
+
+
+def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict, object]:
+    """Run MAP initialisation and NUTS. Returns (samples, stats, builder); arrays are [chain, draw, ...]."""
+    import jax
+
+    from .. import runtime
+    from .sample import find_map, run_nuts
+
+    info = runtime.configure(job.device, job.cache_dir)
+    settings = SamplerSettings.from_dict(job.sampler)
+    spec, data, builder = load_problem(job)
+    log(f"model {spec.id}: {len(builder.estimated)} estimated parameters "
+        f"({len(builder.group_level())} group-level over {len(data.groups)} groups), "
+        f"{len(data.measurements)} measurements in {len(data.conditions)} conditions, "
+        f"{len(data.active)} active states; backend {info['backend']}")
+    init = None
+    t0 = time.perf_counter()
+    if settings.init == "map":
+        init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log)
+        init = {k: np.asarray(v) for k, v in init.items()}
+        log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
+    method = settings.resolved_chain_method(info["backend"])
+    log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
+        f"chain method {method}")
+    t0 = time.perf_counter()
+    chains = list(range(settings.chains))
+    if method == "processes":
+        ctx = mp.get_context("spawn")
+        workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            results = list(pool.map(_chain_worker, [(job, c, init) for c in chains]))
+        samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
+        stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
+    else:
+        out = run_nuts(builder, data.arrays, settings, init, chains, vectorized=(method == "vectorized"))
+        samples, stats = out["samples"], out["stats"]
+    stats["_sampling_wall"] = np.asarray(time.perf_counter() - t0)
+    log(f"sampling done in {float(stats['_sampling_wall']):.1f} s")
+    return samples, stats, (spec, data, builder)
+
+
+def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, attrs: dict,
+               log: Callable[[str], None] = print) -> xr.DataTree:
+    """Assemble the ArviZ DataTree of docs/ARCHITECTURE.md section 4 (posterior, sample_stats, log_likelihood,
+    observed/constant data, prior, prior/posterior predictive)."""
+    import jax
+    import jax.numpy as jnp
+    from arviz_base import from_dict
+
+    from .sample import pointwise_draws
+
+    spec, data, builder = problem
+    C, D = next(iter(samples.values())).shape[:2]
+    latent_names = [k for k in samples if k.endswith(("__z", "__z_mu", "__omega")) or k.startswith("sigma_")]
+    lat = {k: jnp.asarray(samples[k].reshape((C * D,) + samples[k].shape[2:])) for k in latent_names}
+    key = jax.random.PRNGKey(settings.seed + 104729)
+    t0 = time.perf_counter()
+    post = pointwise_draws(builder, data.arrays, lat, key)
+    log(f"log likelihood and posterior predictive for {C * D} draws in {time.perf_counter() - t0:.1f} s")
+    n_prior = settings.predictive_draws
+    prior_lat = builder.prior_latents(jax.random.PRNGKey(settings.seed + 15485863), n_prior)
+    t0 = time.perf_counter()
+    prior_pw = pointwise_draws(builder, data.arrays, prior_lat, jax.random.fold_in(key, 1))
+    log(f"prior predictive for {n_prior} draws in {time.perf_counter() - t0:.1f} s")
+
+    groups = list(data.groups)
+    pnames = [r.id for r in builder.estimated]
+    noise_names = list(dict.fromkeys(builder.noise_names))
+    posterior = {k: samples[k] for k in pnames + noise_names}
+    pop_p, grp_p, noise_p = jax.vmap(builder.natural)(prior_lat)
+    prior = {k: np.asarray(v)[None] for k, v in {**pop_p, **grp_p, **noise_p}.items()}
+    unconstrained = {k: samples[k] for k in latent_names if not k.startswith("sigma_")}
+    depth = np.floor(np.log2(np.maximum(stats["num_steps"], 1))).astype(np.int64) + 1
+    sample_stats = {
+        "diverging": stats["diverging"].astype(bool),
+        "tree_depth": depth,
+        "n_steps": stats["num_steps"].astype(np.int64),
+        "energy": stats["energy"],
+        "acceptance_rate": stats["accept_prob"],
+        "lp": -stats["potential_energy"],
+        "step_size": stats["adapt_state.step_size"],
+        "ode_failed": samples["ode_failed"].astype(np.int64) > 0,
+    }
+    m = data.measurements
+    N = len(m)
+    dims = {k: ["group"] for k in builder.group_level()}
+    dims.update({k: ["measurement"] for k in ("obs", "time", "observable", "condition", "subject", "group_of",
+                                               "known_sd")})
+    for k in unconstrained:
+        if k.endswith("__z") and k[:-3] in builder.group_level():
+            dims[k] = ["group"]
+    tree = from_dict(
+        {
+            "posterior": posterior,
+            "unconstrained_posterior": unconstrained,
+            "sample_stats": sample_stats,
+            "log_likelihood": {"obs": post["log_likelihood"].reshape(C, D, N)},
+            "posterior_predictive": {"obs": post["replicate"].reshape(C, D, N)},
+            "observed_data": {"obs": m["value"].to_numpy(float)},
+            "constant_data": {
+                "time": m["time_min"].to_numpy(float),
+                "observable": m["observable_id"].astype(str).to_numpy(),
+                "condition": m["condition_id"].astype(str).to_numpy(),
+                "subject": m["subject_id"].astype(str).to_numpy(),
+                "group_of": m["group"].astype(str).to_numpy(),
+                "known_sd": np.asarray(data.arrays.known_sd),
+            },
+            "prior": prior,
+            "prior_predictive": {"obs": prior_pw["replicate"][None]},
+        },
+        coords={"group": groups, "measurement": np.arange(N)},
+        dims=dims,
+        attrs={"/": attrs},
+    )
+    mcoords = {
+        "measurement_observable": ("measurement", m["observable_id"].astype(str).to_numpy()),
+        "measurement_condition": ("measurement", m["condition_id"].astype(str).to_numpy()),
+        "measurement_time": ("measurement", m["time_min"].to_numpy(float)),
+        "measurement_group": ("measurement", m["group"].astype(str).to_numpy()),
+    }
+    for name in ("log_likelihood", "observed_data", "constant_data", "prior_predictive", "posterior_predictive"):
+        tree[name] = tree[name].to_dataset().assign_coords(mcoords)
+    return tree
+
+
+def fit_summary(stats: dict, tree: xr.DataTree) -> dict:
+    return {
+        "sampling_wall_s": float(stats.get("_sampling_wall", np.nan)),
+        "divergences": int(np.asarray(tree["sample_stats"]["diverging"]).sum()),
+        "ode_failures": int(np.asarray(tree["sample_stats"]["ode_failed"]).sum()),
+        "gradient_evaluations": int(np.asarray(tree["sample_stats"]["n_steps"]).sum()),
+    }
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

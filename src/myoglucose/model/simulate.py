@@ -1,0 +1,165 @@
+"""Solve the model with diffrax: implicit stiff solver, error control, protocol jump times, failures reported.
+
+``solve`` never raises on a failed solve (``throw=False``); it returns ``ok = False`` and the caller masks the
+trajectory before any likelihood (see ``inference.numpyro_model``). Set ``EQX_ON_ERROR=nan`` before importing equinox
+(``myoglucose.runtime.configure`` does this) so that a linear-solver failure inside the implicit stages becomes NaN
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from .basal import basal_state
+from .equations import (
+    CLAMP_STATES, CORE_STATES, EXERCISE_STATES, INSULIN_KINETIC_STATES, STATE_NAMES, Fluxes, Params, State, fluxes,
+    vector_field,
+)
+from .protocol import InputArrays, Protocol
+
+
+def active_states(protocols: list[Protocol], insulin_kinetic: bool = True) -> tuple[str, ...]:
+    """The states that can move under these protocols (all others stay exactly basal). Static for compilation."""
+    names = set(CORE_STATES)
+    if insulin_kinetic:
+        names |= set(INSULIN_KINETIC_STATES)
+    if any(pr.has_clamp for pr in protocols):
+        names |= set(CLAMP_STATES)
+    if any(s.kind == "exercise" and s.value > 0 for pr in protocols for s in pr.segments):
+        names |= set(EXERCISE_STATES) | set(INSULIN_KINETIC_STATES)
+    return tuple(n for n in STATE_NAMES if n in names)
+
+
+def _reduced_field(active: tuple[str, ...]):
+    def field(t, ya, args):
+        p, u, cov, y0 = args
+        full = eqx.tree_at(lambda s: [getattr(s, n) for n in active], y0, [ya[n] for n in active])
+        d = vector_field(t, full, (p, u, cov))
+        return {n: getattr(d, n) for n in active}
+
+    return field
+
+SOLVERS = {"Kvaerno3": diffrax.Kvaerno3, "Kvaerno4": diffrax.Kvaerno4, "Kvaerno5": diffrax.Kvaerno5}
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """ODE solver settings (from the config's ``solver`` section)."""
+
+    name: str = "Kvaerno5"
+    rtol: float = 1e-6
+    atol: float = 1e-8
+    max_steps: int = 4096
+    adjoint: str = "reverse"  # reverse (RecursiveCheckpointAdjoint) | forward (ForwardMode)
+    dt0: float = 0.05  # first step [min]
+
+    def __post_init__(self):
+        if self.name not in SOLVERS:
+            raise ValueError(f"solver.name must be one of {sorted(SOLVERS)}, got {self.name!r}")
+        if not (0 < self.rtol < 1 and 0 < self.atol < 1):
+            raise ValueError(f"solver tolerances must be in (0, 1), got rtol={self.rtol}, atol={self.atol}")
+        if self.max_steps < 16:
+            raise ValueError(f"solver.max_steps must be >= 16, got {self.max_steps}")
+        if self.adjoint not in ("reverse", "forward"):
+            raise ValueError(f"solver.adjoint must be 'reverse' or 'forward', got {self.adjoint!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SolverSettings":
+        d = dict(d or {})
+        return cls(**{k: d[k] for k in ("name", "rtol", "atol", "max_steps", "adjoint", "dt0") if k in d})
+
+
+class Solution(eqx.Module):
+    ys: State  # states at ``ts`` (leading axis = time)
+    ok: Array  # solve succeeded [bool]
+    num_steps: Array  # accepted + rejected steps
+    y0: State  # basal state
+    cov: dict  # derived basal constants
+
+
+def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSettings,
+          active: tuple[str, ...] = STATE_NAMES) -> Solution:
+    """Integrate from the basal fasting state at t = 0 to ``t1``, saving at ``ts`` (minutes, sorted, <= t1).
+
+    Only the ``active`` states are integrated (see ``active_states``); the others are held at their basal values.
+    Saved times before 0 (pre-test basal samples) return the basal state.
+    """
+    y0, cov = basal_state(p, u)
+    ts_in = ts
+    ts = jnp.maximum(ts, 0.0)
+    solver = SOLVERS[settings.name]()
+    controller = diffrax.ClipStepSizeController(
+        diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4, dtmax=120.0),
+        jump_ts=u.t_break,
+        step_ts=jnp.where(u.insulin_forced > 0.5, u.ins_t, u.t_break[0]),
+    )
+    adjoint = diffrax.ForwardMode() if settings.adjoint == "forward" else diffrax.RecursiveCheckpointAdjoint()
+    ya0 = {n: getattr(y0, n) for n in active}
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_reduced_field(active)), solver, t0=0.0, t1=t1, dt0=settings.dt0, y0=ya0,
+        args=(p, u, cov, y0),
+        saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, max_steps=settings.max_steps, throw=False,
+        adjoint=adjoint,
+    )
+    ok = sol.result == diffrax.RESULTS.successful
+    T = ts.shape
+    ys = eqx.tree_at(
+        lambda s: [getattr(s, n) for n in STATE_NAMES],
+        y0,
+        [sol.ys[n] if n in active else jnp.broadcast_to(getattr(y0, n), T) for n in STATE_NAMES],
+    )
+    del ts_in
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ys)]))
+    ok = ok & finite
+    # sanitise before anything downstream touches it: NaN/inf in either branch of a where poisons gradients
+    ys = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), ys,
+                                jax.tree_util.tree_map(lambda b: jnp.broadcast_to(b, ts.shape + b.shape), y0))
+    steps = sol.stats["num_steps"] + sol.stats.get("num_rejected_steps", 0)
+    return Solution(ys=ys, ok=ok, num_steps=steps, y0=y0, cov=cov)
+
+
+def trajectory_fluxes(p: Params, u: InputArrays, ts: Array, sol: Solution) -> Fluxes:
+    """Fluxes at every saved time (vectorised over time)."""
+    return jax.vmap(lambda t, y: fluxes(y, p, u.at(t), sol.cov))(ts, sol.ys)
+
+
+def basal_fluxes(p: Params, u: InputArrays, sol: Solution) -> Fluxes:
+    return fluxes(sol.y0, p, u.rest(), sol.cov)
+
+
+def observables(p: Params, u: InputArrays, ts: Array, sol: Solution) -> dict[str, Array]:
+    """Every observable of ``models/*/observables.tsv`` at the saved times (canonical units)."""
+    f = trajectory_fluxes(p, u, ts, sol)
+    fb = basal_fluxes(p, u, sol)
+    return {
+        "glucose_plasma": f.glucose,  # [mg/dL]
+        "glucose_whole_blood": f.glucose * p["r_wb"],  # [mg/dL]
+        "insulin_plasma": f.insulin,  # [mU/L]
+        "gir": f.gir,  # [mg/kg/min]
+        "rd": f.rd,  # [mg/kg/min]
+        "ra": f.egp + f.gir,  # [mg/kg/min]
+        "egp": f.egp,  # [mg/kg/min]
+        "delta_uptake": f.rd - fb.rd,  # [mg/kg/min]
+        "delta_egp": f.egp - fb.egp,  # [mg/kg/min]
+        "il6": sol.ys.il6,  # [pg/mL]
+        "ampk_fold": f.ampk_fold,  # [-]
+        "muscle_uptake": f.u_muscle,  # [mg/kg/min]
+        "glut4_membrane": sol.ys.glut4_pm,  # [-]
+    }
+
+
+OBSERVABLE_UNITS = {
+    "glucose_plasma": "mg/dL", "glucose_whole_blood": "mg/dL", "insulin_plasma": "mU/L", "gir": "mg/kg/min",
+    "rd": "mg/kg/min", "ra": "mg/kg/min", "egp": "mg/kg/min", "delta_uptake": "mg/kg/min", "delta_egp": "mg/kg/min",
+    "il6": "pg/mL", "ampk_fold": "1", "muscle_uptake": "mg/kg/min", "glut4_membrane": "1",
+}
+EXTRA_OUTPUTS = {  # algebraic quantities written by `simulate` besides states and observables
+    "u_cns": "mg/kg/min", "u_other": "mg/kg/min", "renal": "mg/kg/min", "sig_efficiency": "1", "fat_ox": "mg/kg/min",
+    "fat_share": "1",
+}

@@ -1,0 +1,202 @@
+# Helpers for the rules: config validation, the resolved config file, target lists and input functions.
+# No rules here. Everything runs at parse time, before any job; paths are relative to the working directory.
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+# --------------------------------------------------------------------------------------------------- config
+def _config_error(message):
+    raise WorkflowError(f"Invalid config: {message} (see config/README.md)")
+
+
+# 1. JSON schema: types, ranges, unknown keys; fills in the schema's defaults. Snakemake's own message prints the
+#    whole schema; this names the offending key in one line.
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as err:
+    _cause = err.__context__
+    if not isinstance(_cause, jsonschema.ValidationError):
+        raise
+    _where = ".".join(str(p) for p in _cause.absolute_path) or "top level"
+    _config_error(f"{_where}: {_cause.message}")
+
+
+# 2. What the schema cannot say: fits refer to listed datasets and models, and their folders exist.
+DATASETS = list(config["datasets"])
+MODELS = list(config["models"])
+if config.get("fits") is None:
+    FITS = [(d, m) for d in DATASETS for m in MODELS]
+else:
+    FITS = [(f["dataset"], f["model"]) for f in config["fits"]]
+    for _d, _m in FITS:
+        if _d not in DATASETS:
+            _config_error(f"fits: dataset '{_d}' is not listed under datasets {DATASETS}")
+        if _m not in MODELS:
+            _config_error(f"fits: model '{_m}' is not listed under models {MODELS}")
+config["fits"] = [{"dataset": d, "model": m} for d, m in FITS]
+
+for _kind, _ids, _folder in (("datasets", DATASETS, "data"), ("models", MODELS, "models")):
+    for _id in _ids:
+        if not Path(_folder, _id).is_dir():
+            _config_error(f"{_kind}: '{_id}' has no folder {_folder}/{_id}/")
+
+# 3. The validated config (defaults filled in, fits expanded) is what every `myoglucose ... --config` reads.
+#    It is rewritten at parse time only when its content changes. Rules take it as an ancient() input, so its
+#    timestamp never triggers a re-run; instead each rule lists the config sections it depends on in
+#    `params: settings=config_sections(...)`, and Snakemake's params rerun trigger re-runs exactly the jobs whose
+#    sections changed (a new dpi re-draws figures but does not re-fit). See docs/workflow.md.
+RESOLVED_CONFIG = "results/config.resolved.yaml"
+
+
+def _write_if_changed(path, text):
+    path = Path(path)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+_RESOLVED_HEADER = (
+    "# Written by workflow/rules/common.smk: the validated config with defaults filled in. Do not edit;\n"
+    "# edit config/config.yaml (or pass --configfile) instead.\n"
+)
+_write_if_changed(
+    RESOLVED_CONFIG, f"{_RESOLVED_HEADER}{yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False)}"
+)
+
+
+def config_sections(*names):
+    """Canonical JSON of the named config sections: a rerun-trigger param (not used by the command)."""
+    return json.dumps({name: config[name] for name in names}, sort_keys=True)
+
+
+# 4. JAX persistent compilation cache, per user. Jobs inherit this process's environment (sbatch exports it too);
+#    a JAX_COMPILATION_CACHE_DIR that is already set (CI, a cluster admin) wins over the config.
+if config["compilation_cache"] is not None:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser(config["compilation_cache"]))
+
+
+# ------------------------------------------------------------------------------------------ rule settings
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+
+wildcard_constraints:
+    dataset=ID_PATTERN,
+    model=ID_PATTERN,
+
+
+# `diagnose --no-fail` records a failed check in verdict.json instead of stopping the workflow (exit 3).
+DIAGNOSE_FLAGS = "" if config["diagnostics"]["fail_on_bad"] else "--no-fail"
+
+# Jobs that solve ODEs at scale ask for one GPU only when the config says so; partition, account and GPU model
+# belong in the profiles (workflow/profiles/slurm-gpu), never here.
+GPU_RESOURCES = {"gpu": 1} if config["device"] == "gpu" else {}
+
+# Figures written by `myoglucose report` (ARCHITECTURE.md section 5). svg goes into the HTML report; the other
+# formats of config report.formats are plain outputs.
+FIT_FIGURES = {
+    "ppc": ("Posterior predictive", "posterior predictive check"),
+    "rank": ("Convergence", "rank plots"),
+    "pairs": ("Posterior", "pair plot"),
+    "forest_groups": ("Posterior", "group-level parameters"),
+    "prior_posterior": ("Posterior", "prior vs posterior"),
+}
+FIGURE_DIR = "results/figures/{model}/{dataset}"
+
+
+def fit_figures():
+    """svg figures of one fit, flagged for the report (one caption per figure)."""
+    return [fit_report_item(f"{name}.svg", category, what) for name, (category, what) in FIT_FIGURES.items()]
+
+
+def fit_figure_copies():
+    """The same figures in the other formats of config report.formats (pdf, png)."""
+    return [
+        f"{FIGURE_DIR}/{name}.{fmt}"
+        for name in FIT_FIGURES
+        for fmt in config["report"]["formats"]
+        if fmt != "svg"
+    ]
+
+
+def fit_report_item(filename, category, what):
+    """A file of `myoglucose report` in results/figures/{model}/{dataset}/, flagged for the HTML report with the
+    caption workflow/report/<stem>.rst."""
+    return report(
+        f"{FIGURE_DIR}/{filename}",
+        caption=f"../report/{filename.split('.')[0]}.rst",
+        category=category,
+        subcategory="{model} / {dataset}",
+        labels={"model": "{model}", "dataset": "{dataset}", "figure": what},
+    )
+
+
+# --------------------------------------------------------------------------------------- input functions
+def raw_files(wildcards):
+    """Every file in data/<dataset>/raw/ (an edited or added raw file re-runs prepare)."""
+    raw = Path("data", wildcards.dataset, "raw")
+    return sorted(str(p) for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else []
+
+
+def model_files(wildcards):
+    """Every file in models/<model>/ (model.yaml, parameters.tsv, observables.tsv, README.md, ...)."""
+    folder = Path("models", wildcards.model)
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return files or [f"models/{wildcards.model}/{name}" for name in ("model.yaml", "parameters.tsv", "observables.tsv")]
+
+
+def _protocol_paths(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _protocol_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _protocol_paths(value)
+    elif isinstance(node, str) and node.startswith("protocols/") and node.endswith((".yaml", ".yml")):
+        yield node
+
+
+def dataset_protocols(wildcards):
+    """Protocol files that data/<dataset>/dataset.yaml refers to (conditions.tsv column protocol_file), so that
+    editing a protocol re-runs the fits and predictions that simulate it. Read from the source, not from
+    conditions.tsv, so the job graph is known before prepare runs."""
+    meta = Path("data", wildcards.dataset, "dataset.yaml")
+    if not meta.is_file():
+        return []
+    with meta.open(encoding="utf-8") as fh:
+        return sorted(set(_protocol_paths(yaml.safe_load(fh))))
+
+
+def models_fitted_to(dataset):
+    return [m for d, m in FITS if d == dataset]
+
+
+def comparison_posteriors(wildcards):
+    return [f"results/fits/{m}/{wildcards.dataset}/posterior.nc" for m in models_fitted_to(wildcards.dataset)]
+
+
+def comparison_labels(wildcards):
+    return " ".join(models_fitted_to(wildcards.dataset))
+
+
+# ------------------------------------------------------------------------------------------------ targets
+def final_outputs():
+    """Targets of `all` - the outputs of prepare for every dataset; of fit, diagnose, predict and
+    report_fit for every (dataset, model) of FITS; of behaviours for every model; and of model_comparison for every
+    dataset with two or more fitted models. Called after all rules are defined."""
+    targets = expand(rules.prepare.output, dataset=DATASETS)
+    for dataset, model in FITS:
+        for step in (rules.fit, rules.diagnose, rules.predict, rules.report_fit):
+            targets += expand(step.output, dataset=dataset, model=model)
+    targets += expand(rules.behaviours.output, model=MODELS)
+    compared = [d for d in DATASETS if len(models_fitted_to(d)) > 1]
+    targets += expand(rules.model_comparison.output, dataset=compared)
+    return targets
