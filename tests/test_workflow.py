@@ -22,7 +22,8 @@ COPIED = ("Snakefile", "workflow", "config", "data", "models", "protocols", ".te
 STAGES = ("prepare", "fit", "diagnose", "predict", "report_fit", "behaviours")
 FIT = "results/fits/core/katz2000_clamp"
 FIGURES = "results/figures/core/katz2000_clamp"
-FIGURE_NAMES = ("ppc", "rank", "pairs", "forest_groups", "prior_posterior")
+# "scenarios" because config/test.yaml has a predict scenario
+FIGURE_NAMES = ("ppc", "curves", "rank", "pairs", "forest_groups", "prior_posterior", "scenarios")
 # The one lint we would tolerate: rules without conda/container (all rules have `conda:` today).
 CONDA_LINT = "Specify a conda environment or container for each rule"
 
@@ -109,6 +110,7 @@ def test_second_model_adds_loo_comparison(workdir: Path) -> None:
     counts = job_counts(res.stdout)
     assert counts["fit"] == 2 and counts["model_comparison"] == 1, counts
     assert "results/tables/loo_katz2000_clamp.csv" in res.stdout
+    assert "--posterior results/fits/core_copy/katz2000_clamp/posterior.nc --label core_copy" in res.stdout
 
 
 @pytest.mark.parametrize(
@@ -146,8 +148,7 @@ def test_full_run_and_report(workdir: Path) -> None:
         *(f"{FIGURES}/{fig}.{ext}" for fig in FIGURE_NAMES for ext in ("svg", "pdf", "png")),
         f"{FIGURES}/convergence.csv",
         f"{FIGURES}/methods.md",
-        "results/figures/core/behaviours.svg",
-        "results/figures/core/behaviours.tsv",
+        *(f"results/figures/core/behaviours.{ext}" for ext in ("svg", "pdf", "png", "tsv", "tex")),
     ]
     missing = [p for p in expected if not (workdir / p).is_file() or (workdir / p).stat().st_size == 0]
     assert not missing, missing
@@ -155,5 +156,6 @@ def test_full_run_and_report(workdir: Path) -> None:
     res = snakemake(workdir, "--report", "results/report.html", "--configfile", "config/test.yaml")
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     html = (workdir / "results/report.html").read_text(encoding="utf-8")
-    for name in ("ppc.svg", "rank.svg", "behaviours.svg", "convergence.csv", "Posterior predictive check of model"):
+    for name in (*(f"{fig}.svg" for fig in FIGURE_NAMES), "behaviours.svg", "convergence.csv",
+                 "Posterior predictive check of model"):
         assert name in html, f"{name} not in the report"

@@ -47,7 +47,14 @@ for _kind, _ids, _folder in (("datasets", DATASETS, "data"), ("models", MODELS, 
         if not Path(_folder, _id).is_dir():
             _config_error(f"{_kind}: '{_id}' has no folder {_folder}/{_id}/")
 
-# 3. The validated config (defaults filled in, fits expanded) is what every `myoglucose ... --config` reads.
+# 3. JAX persistent compilation cache, per user: an exported JAX_COMPILATION_CACHE_DIR (CI, a cluster admin) wins
+#    over the config. The folder in effect is exported to every job (sbatch passes the environment on) and written
+#    into the resolved config, which the CLI reads.
+config["compilation_cache"] = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.expanduser(config["compilation_cache"])
+)
+
+# 4. The validated config (defaults filled in, fits expanded) is what every `myoglucose ... --config` reads.
 #    It is rewritten at parse time only when its content changes. Rules take it as an ancient() input, so its
 #    timestamp never triggers a re-run; instead each rule lists the config sections it depends on in
 #    `params: settings=config_sections(...)`, and Snakemake's params rerun trigger re-runs exactly the jobs whose
@@ -79,11 +86,6 @@ def config_sections(*names):
     return json.dumps({name: config[name] for name in names}, sort_keys=True)
 
 
-# 4. JAX persistent compilation cache, per user. Jobs inherit this process's environment (sbatch exports it too);
-#    a JAX_COMPILATION_CACHE_DIR that is already set (CI, a cluster admin) wins over the config.
-if config["compilation_cache"] is not None:
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser(config["compilation_cache"]))
-
 
 # ------------------------------------------------------------------------------------------ rule settings
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
@@ -96,20 +98,24 @@ wildcard_constraints:
 # `diagnose --no-fail` records a failed check in verdict.json instead of stopping the workflow (exit 3).
 DIAGNOSE_FLAGS = "" if config["diagnostics"]["fail_on_bad"] else "--no-fail"
 
-# Jobs that solve ODEs at scale ask for one GPU only when the config says so; partition, account and GPU model
-# belong in the profiles (workflow/profiles/slurm-gpu), never here.
+# The jobs that solve ODEs (fit, predict, behaviours) ask for one GPU when the config says device: gpu (the CLI then
+# refuses to run without one); partition, account and GPU model belong in the profiles, never here.
 GPU_RESOURCES = {"gpu": 1} if config["device"] == "gpu" else {}
 
-# Figures written by `myoglucose report` (ARCHITECTURE.md section 5). svg goes into the HTML report; the other
-# formats of config report.formats are plain outputs.
+# Figures written by `myoglucose report` (one per name, in every format of config report.formats); "scenarios"
+# only when config predict.scenarios is not empty. svg goes into the HTML report, the other formats are plain outputs.
 FIT_FIGURES = {
     "ppc": ("Posterior predictive", "posterior predictive check"),
+    "curves": ("Posterior predictive", "condition time courses"),
     "rank": ("Convergence", "rank plots"),
     "pairs": ("Posterior", "pair plot"),
     "forest_groups": ("Posterior", "group-level parameters"),
     "prior_posterior": ("Posterior", "prior vs posterior"),
 }
+if config["predict"]["scenarios"]:
+    FIT_FIGURES["scenarios"] = ("Scenarios", "scenario predictions")
 FIGURE_DIR = "results/figures/{model}/{dataset}"
+OTHER_FORMATS = [fmt for fmt in config["report"]["formats"] if fmt != "svg"]
 
 
 def fit_figures():
@@ -119,12 +125,7 @@ def fit_figures():
 
 def fit_figure_copies():
     """The same figures in the other formats of config report.formats (pdf, png)."""
-    return [
-        f"{FIGURE_DIR}/{name}.{fmt}"
-        for name in FIT_FIGURES
-        for fmt in config["report"]["formats"]
-        if fmt != "svg"
-    ]
+    return [f"{FIGURE_DIR}/{name}.{fmt}" for name in FIT_FIGURES for fmt in OTHER_FORMATS]
 
 
 def fit_report_item(filename, category, what):
@@ -183,8 +184,12 @@ def comparison_posteriors(wildcards):
     return [f"results/fits/{m}/{wildcards.dataset}/posterior.nc" for m in models_fitted_to(wildcards.dataset)]
 
 
-def comparison_labels(wildcards):
-    return " ".join(models_fitted_to(wildcards.dataset))
+def comparison_args(wildcards):
+    """`--posterior P --label M` for every model fitted to the dataset (the CLI takes repeated options)."""
+    return " ".join(
+        f"--posterior results/fits/{m}/{wildcards.dataset}/posterior.nc --label {m}"
+        for m in models_fitted_to(wildcards.dataset)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ targets

@@ -6,6 +6,8 @@ rule report_fit:
         posterior="results/fits/{model}/{dataset}/posterior.nc",
         predictive="results/fits/{model}/{dataset}/predictive.nc",
         diagnostics="results/fits/{model}/{dataset}/diagnostics.tsv",
+        model=model_files,  # parameters.tsv feeds the methods paragraph
+        config=ancient(RESOLVED_CONFIG),
     output:
         figures=fit_figures(),  # svg, one caption each (common.smk)
         copies=fit_figure_copies(),  # pdf/png of config report.formats
@@ -26,13 +28,14 @@ rule report_fit:
         "../envs/myoglucose.yaml"
     shell:
         "myoglucose report --posterior {input.posterior} --predictive {input.predictive} "
-        "--diagnostics {input.diagnostics} --out-dir results/figures/{wildcards.model}/{wildcards.dataset} "
-        "> {log} 2>&1"
+        "--diagnostics {input.diagnostics} --model models/{wildcards.model} --config {input.config} "
+        "--out-dir results/figures/{wildcards.model}/{wildcards.dataset} > {log} 2>&1"
 
 
 rule behaviours:
     input:
         model=model_files,
+        config=ancient(RESOLVED_CONFIG),
     output:
         figure=report(
             "results/figures/{model}/behaviours.svg",
@@ -48,17 +51,22 @@ rule behaviours:
             subcategory="{model}",
             labels={"model": "{model}", "figure": "checked numbers"},
         ),
+        copies=expand("results/figures/{{model}}/behaviours.{fmt}", fmt=OTHER_FORMATS),
+        latex="results/figures/{model}/behaviours.tex",
     log:
         "results/logs/behaviours/{model}.log",
     benchmark:
         "results/benchmarks/behaviours/{model}.tsv"
+    params:
+        settings=config_sections("solver", "report"),  # rerun trigger only (common.smk)
     resources:
         mem_mb=4000,
         runtime=60,
+        **GPU_RESOURCES,
     conda:
         "../envs/myoglucose.yaml"
     shell:
-        "myoglucose behaviours --model models/{wildcards.model} "
+        "myoglucose behaviours --model models/{wildcards.model} --config {input.config} "
         "--out-dir results/figures/{wildcards.model} > {log} 2>&1"
 
 
@@ -66,22 +74,23 @@ rule model_comparison:
     input:
         posteriors=comparison_posteriors,
     output:
-        report(
+        table=report(
             "results/tables/loo_{dataset}.csv",
             caption="../report/loo.rst",
             category="Model comparison",
             labels={"dataset": "{dataset}", "figure": "PSIS-LOO"},
         ),
+        latex="results/tables/loo_{dataset}.tex",
     log:
         "results/logs/model_comparison/{dataset}.log",
     benchmark:
         "results/benchmarks/model_comparison/{dataset}.tsv"
     params:
-        labels=comparison_labels,  # model ids, in the order of the posteriors
+        args=comparison_args,  # --posterior <posterior.nc> --label <model>, per model (common.smk)
     resources:
         mem_mb=8000,
         runtime=60,
     conda:
         "../envs/myoglucose.yaml"
     shell:
-        "myoglucose compare --posteriors {input.posteriors} --labels {params.labels} --out {output} > {log} 2>&1"
+        "myoglucose compare {params.args} --out {output.table} > {log} 2>&1"

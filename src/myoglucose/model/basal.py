@@ -26,8 +26,8 @@ def basal_state(p: Params, u: InputArrays) -> tuple[State, dict[str, Array]]:
     ib = jnp.where(u.insulin_forced > 0.5, u.ins_v[0], p["ib"])  # [mU/L]
     ampk = basal_ampk(p)
     mito = p["mito_set"] * 1.0  # pgc1a = 1 at rest
-    # lipid: ffa_supply * mito^a = v_fox * mito * lipid  (irisin = bdnf = 1, IL-6 basal, no exercise)
-    lipid = p["ffa_supply"] * mito ** p["ffa_mito_power"] / (p["v_fox"] * mito)
+    # lipid: ffa_supply * mito^a = (v_fox * mito + v_lipid_store) * lipid  (irisin = bdnf = 1, IL-6 basal, rest)
+    lipid = p["ffa_supply"] * mito ** p["ffa_mito_power"] / (p["v_fox"] * mito + p["v_lipid_store"])
     infl = p["infl_drive"] * (1.0 + p["c_infl_lipid"] * lipid)
     sig = 1.0 / (1.0 + lipid / p["lipid_k_inh"]) / (1.0 + infl / p["infl_k_inh"])
     a_on = p["k_akt_on"] * hill(ib, p["akt_ec50"], p["akt_hill"]) * sig
@@ -39,7 +39,7 @@ def basal_state(p: Params, u: InputArrays) -> tuple[State, dict[str, Array]]:
     gp = p["gb"] * p["v_g"]  # [mg/kg]
     # tissue glucose: k1*gp - k2*gt = V*gt/(Km + gt)  ->  k2 gt^2 + (k2 Km + V - a) gt - a Km = 0
     a = p["k1"] * gp
-    vmax = p["vmax_muscle"] * p["glut4_capacity"] * glut4_pm
+    vmax = p["vmax_muscle"] * p["glut4_capacity"] * mito ** p["glut4_mito_power"] * glut4_pm
     b = p["k2"] * p["km_muscle"] + vmax - a
     gt = (-b + jnp.sqrt(b * b + 4.0 * p["k2"] * a * p["km_muscle"])) / (2.0 * p["k2"])
     y = State(

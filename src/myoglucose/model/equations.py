@@ -102,7 +102,7 @@ PARAMETER_UNITS: dict[str, str] = {
     "k_mem_on": "1/min", "tau_mem": "min", "mem_prime": "1",
     # [M6] GLUT4 traffic and muscle disposal
     "k_exo_basal": "1/min", "k_exo_ins": "1/min", "k_exo_ex": "1/min", "k_endo": "1/min", "vmax_muscle": "mg/kg/min",
-    "km_muscle": "mg/kg", "glut4_capacity": "1",
+    "km_muscle": "mg/kg", "glut4_capacity": "1", "glut4_mito_power": "1",
     # [M7] whole-body glucose
     "gb": "mg/dL", "v_g": "dL/kg", "k1": "1/min", "k2": "1/min", "u_cns": "mg/kg/min", "km_cns": "mg/kg",
     "k_other": "1/min", "s_other_ins": "1", "k_other_ec50": "mU/L", "k_egp_ins": "mU/L", "egp_glc_power": "1",
@@ -118,7 +118,7 @@ PARAMETER_UNITS: dict[str, str] = {
     # [M10] mitochondrial biogenesis
     "k_pgc1a": "1/min", "c_pgc1a_ampk": "1", "c_pgc1a_p38": "1", "k_mito": "1/min", "mito_set": "1",
     # [M11] lipid intermediates
-    "k_lipid": "1/min", "ffa_supply": "mg/kg/min", "v_fox": "mg/kg/min", "ffa_mito_power": "1", "c_fox_ex": "1",
+    "k_lipid": "1/min", "ffa_supply": "mg/kg/min", "v_fox": "mg/kg/min", "v_lipid_store": "mg/kg/min", "ffa_mito_power": "1", "c_fox_ex": "1",
     "lipid_k_inh": "1",
     # [M12] inflammation
     "k_infl": "1/min", "infl_drive": "1", "c_infl_lipid": "1", "e_antiinfl": "1", "infl_k_inh": "1",
@@ -190,7 +190,9 @@ def fluxes(y: State, p: Params, inp: Inputs, cov: dict[str, Array]) -> Fluxes:
     sig_eff = lipid_inh * infl_inh * il6_help * myo_help  # [-]
 
     # [M6] muscle glucose disposal through membrane GLUT4 (Michaelis-Menten)  [@DallaMan2007; @Richter2013]
-    u_muscle = p["vmax_muscle"] * p["glut4_capacity"] * y.glut4_pm * y.gt / (p["km_muscle"] + y.gt)  # [mg/kg/min]
+    # total GLUT4 content rises with oxidative capacity (PGC-1alpha co-activates GLUT4 expression)  [@Michael2001]
+    glut4_total = p["glut4_capacity"] * y.mito ** p["glut4_mito_power"]  # [-] relative to healthy sedentary
+    u_muscle = p["vmax_muscle"] * glut4_total * y.glut4_pm * y.gt / (p["km_muscle"] + y.gt)  # [mg/kg/min]
     # [M7] other sinks
     u_cns = p["u_cns"] * y.gp / (p["km_cns"] + y.gp)  # [mg/kg/min] brain + RBC, insulin independent  [@DallaMan2007]
     ins_other = y.ins_int / (y.ins_int + p["k_other_ec50"])  # [-] adipose/splanchnic insulin action
@@ -212,7 +214,9 @@ def fluxes(y: State, p: Params, inp: Inputs, cov: dict[str, Array]) -> Fluxes:
     ffa_in = p["ffa_supply"] * (1.0 - p["e_irisin_ffa"] * (y.irisin - 1.0)) * y.mito ** p["ffa_mito_power"]
     fox_cap = y.mito * (1.0 + p["e_bdnf_fox"] * (y.bdnf - 1.0) + p["e_il6_fox"] * saturating(il6_x, p["k_il6_sat"]))
     fat_ox = p["v_fox"] * fox_cap * (1.0 + p["c_fox_ex"] * y.vo2) * y.lipid  # [mg/kg/min equiv.]  [@Goodpaster2001]
-    fat_share = fat_ox / (fat_ox + u_muscle)  # [-] share of muscle fuel from fat  [@Kelley1999]
+    # resting glucose oxidation, restrained by fat oxidation (glucose-fatty acid cycle)  [@Randle1963]
+    glc_ox = u_muscle / (1.0 + fat_ox / p["v_fox"])  # [mg/kg/min]
+    fat_share = fat_ox / (fat_ox + glc_ox)  # [-] share of muscle fuel from fat  [@Kelley1999]
 
     return Fluxes(
         glucose=glucose, insulin=insulin, u_muscle=u_muscle, u_cns=u_cns, u_other=u_other, renal=renal, egp=egp,
@@ -253,11 +257,12 @@ def vector_field(t: Array, y: State, args) -> State:
     d_ins_liv = p["k_ins_liv"] * (f.insulin - y.ins_liv)  # [mU/L/min]  [@DallaMan2007]
 
     # [M4] insulin -> Akt -> AS160/TBC1D4, inhibited by lipids and inflammation  [@Brannmark2013; @Sedaghat2002]
-    ins_drive = hill(y.ins_int, p["akt_ec50"], p["akt_hill"]) * f.sig_efficiency  # [-]
-    d_akt = p["k_akt_on"] * ins_drive * (1.0 - y.akt) - p["k_akt_off"] * y.akt  # [1/min]
-    # [M5] distal convergence: primed TBC1D4 amplifies the Akt -> AS160 step (sensitivity, not maximal response)
+    # [M5] distal convergence: AMPK-primed TBC1D4 left-shifts the insulin dose-response of the Akt -> AS160 arm
+    # (a lower insulin EC50: sensitivity, not maximal responsiveness; lumped into the arm's EC50)
     prime = 1.0 + p["mem_prime"] * y.mem  # [-]  [@Treebak2009; @Kjobsted2017]
-    d_as160 = p["k_as160_on"] * prime * y.akt * (1.0 - y.as160) - p["k_as160_off"] * y.as160  # [1/min]
+    ins_drive = hill(y.ins_int, p["akt_ec50"] / prime, p["akt_hill"]) * f.sig_efficiency  # [-]
+    d_akt = p["k_akt_on"] * ins_drive * (1.0 - y.akt) - p["k_akt_off"] * y.akt  # [1/min]
+    d_as160 = p["k_as160_on"] * y.akt * (1.0 - y.as160) - p["k_as160_off"] * y.as160  # [1/min]
     d_mem = p["k_mem_on"] * jnp.maximum(ampk_x, 0.0) * (1.0 - y.mem) - y.mem / p["tau_mem"]  # [1/min]  [@Mikines1988]
 
     # [M3][M4][M6] GLUT4 translocation: basal + insulin (AS160) + contraction (TBC1D1) exocytosis; endocytosis
@@ -293,7 +298,9 @@ def vector_field(t: Array, y: State, args) -> State:
     d_pgc1a = p["k_pgc1a"] * (pgc_target - y.pgc1a)  # [1/min]
     d_mito = p["k_mito"] * (p["mito_set"] * y.pgc1a - y.mito)  # [1/min]  [@Holloszy1967]
     # [M11] DAG/ceramide: fatty-acid supply minus oxidation  [@Samuel2012; @Goodpaster2001]
-    d_lipid = p["k_lipid"] * (f.ffa_in - f.fat_ox) / p["v_fox"]  # [1/min]
+    # fatty acids not oxidised are esterified into inert storage (IMTG) at a rate proportional to DAG/ceramide
+    lipid_store = p["v_lipid_store"] * y.lipid  # [mg/kg/min equiv.]  [@Goodpaster2001]
+    d_lipid = p["k_lipid"] * (f.ffa_in - f.fat_ox - lipid_store) / p["v_fox"]  # [1/min]
     # [M12] inflammation: driven by lipid overload, resolved by muscle-derived anti-inflammatory myokines
     antiinfl = p["e_antiinfl"] * saturating(il6_x, p["k_il6_sat"])  # [-]  [@Petersen2005]
     d_infl = p["k_infl"] * (p["infl_drive"] * (1.0 + p["c_infl_lipid"] * y.lipid) * (1.0 - antiinfl) - y.infl)

@@ -1,0 +1,37 @@
+"""Test set-up: float64, CPU, EQX_ON_ERROR=nan and a persistent compilation cache (so repeated runs are fast)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MYOGLUCOSE_ROOT", str(ROOT))
+os.environ.setdefault("MYOGLUCOSE_CACHE_DIR", str(ROOT / ".jax_cache"))
+
+from myoglucose import runtime  # noqa: E402
+
+runtime.configure("cpu", os.environ["MYOGLUCOSE_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def full_spec():
+    from myoglucose.model.spec import load_model
+
+    return load_model(ROOT / "models" / "full")
+
+
+@pytest.fixture(scope="session")
+def nominal(full_spec):
+    import jax.numpy as jnp
+
+    from myoglucose.model.spec import nominal_params
+
+    return {k: jnp.asarray(v) for k, v in nominal_params(full_spec).items()}
