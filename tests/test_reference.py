@@ -12,7 +12,8 @@ collocation node, which sits ON the next breakpoint, from seeing the next segmen
 Compile budget: ONE jitted diffrax program serves every protocol (full state set, inputs padded to a common number
 of breakpoints ``K_BREAKS``, a common number of save times ``N_SAVE``, ``t1`` traced), plus the small jitted vector
 field and Jacobian used by scipy. ``tests/test_equations.py`` defines the identical program (same name and body), so
-the persistent compilation cache serves both files.
+``tests/test_equations.py`` imports
+``jax_solution`` / ``solve_states`` from here, so it shares both the compiled program and the solved trajectories.
 """
 
 from __future__ import annotations
@@ -164,15 +165,27 @@ def test_save_times_include_boundaries():
         assert s.start in ts and s.end in ts
 
 
+_SOLUTIONS: dict = {}
+
+
+def jax_solution(path: Path, p):
+    """(protocol, inputs, save times, Solution, seconds) of the reference diffrax solve; cached per session so that
+    tests/test_equations.py reuses the trajectories (the training protocol takes minutes)."""
+    key = str(Path(path).resolve())
+    if key not in _SOLUTIONS:
+        pr = load(path)
+        u = build_inputs(pr, BODY_WEIGHT, BSA, insulin_knots=None, n_breaks=K_BREAKS, n_knots=1)
+        ts = save_times(pr)
+        t0 = time.perf_counter()
+        sol = solve_states(p, u, jnp.asarray(ts), jnp.asarray(pr.end), reference_settings(), STATE_NAMES)
+        jax.block_until_ready(sol)
+        _SOLUTIONS[key] = (pr, u, ts, sol, time.perf_counter() - t0)
+    return _SOLUTIONS[key]
+
+
 @pytest.mark.parametrize("path", list(_cases()))
 def test_reference_solution(path, nominal):
-    pr = load(path)
-    u = build_inputs(pr, BODY_WEIGHT, BSA, insulin_knots=None, n_breaks=K_BREAKS, n_knots=1)
-    ts = save_times(pr)
-    t0 = time.perf_counter()
-    sol = solve_states(nominal, u, jnp.asarray(ts), jnp.asarray(pr.end), reference_settings(), STATE_NAMES)
-    jax.block_until_ready(sol)
-    t_jax = time.perf_counter() - t0
+    pr, u, ts, sol, t_jax = jax_solution(path, nominal)
     assert bool(sol.ok), f"{pr.name}: diffrax solve failed"
     t0 = time.perf_counter()
     ref = scipy_reference(nominal, u, sol.y0, sol.cov, pr.end, ts)
@@ -182,6 +195,6 @@ def test_reference_solution(path, nominal):
     err = relative_errors(obs_jax, obs_ref)
     worst = max(err, key=err.get)
     print(f"\n[reference] {pr.name}: max relative error {err[worst]:.2e} ({worst}); diffrax {int(sol.num_steps)} "
-          f"steps {t_jax:.1f} s (incl. compile on first call), scipy Radau {t_ref:.1f} s")
+          f"steps {t_jax:.1f} s (incl. compile on the first call), scipy Radau {t_ref:.1f} s")
     bad = {k: v for k, v in err.items() if not v <= REL_TOL}
     assert not bad, f"{pr.name}: observables differ from the Radau reference by more than {REL_TOL}: {bad}"

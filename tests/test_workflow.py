@@ -105,7 +105,7 @@ def test_second_model_adds_loo_comparison(workdir: Path) -> None:
     shutil.copytree(workdir / "models/core", workdir / "models/core_copy")
     overlay = workdir / "two_models.yaml"
     overlay.write_text("models: [core, core_copy]\n")
-    res = snakemake(workdir, "-n", "--configfile", "config/test.yaml", str(overlay))
+    res = snakemake(workdir, "-n", "-p", "--configfile", "config/test.yaml", str(overlay))
     assert res.returncode == 0, res.stdout + res.stderr
     counts = job_counts(res.stdout)
     assert counts["fit"] == 2 and counts["model_comparison"] == 1, counts

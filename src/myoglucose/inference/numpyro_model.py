@@ -18,6 +18,8 @@ proposal, so the potential is +inf with a finite gradient (never a crash).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,22 +140,32 @@ class ModelBuilder:
 
     # -- simulation -------------------------------------------------------------------------------------------
     def predict_means(self, p: dict, a: FitArrays):
-        """Predicted observable means at every measurement, per-condition solve success, solver steps."""
+        """Predicted observable means at every measurement, per-condition solve success, solver steps.
+
+        With ``solver.adjoint == "sensitivity"`` (the default) the ODE block is a custom-VJP function whose forward
+        pass integrates the model together with its forward sensitivities with respect to the *estimated* parameters
+        of each condition only (a handful of tangents per condition, like CVODES forward sensitivities in Stan), and
+        whose backward pass is a product with that Jacobian. The rest of the log density is reverse-mode, so the cost
+        of a gradient does not grow with the number of latent dimensions of the hierarchy.
+        """
         settings = self.solver
         names = self.data.observables
-
         active = self.data.active
+        if settings.adjoint != "sensitivity":
+            def one(pc, u, ts, t1):
+                sol = solve(pc, u, ts, t1, settings, active)
+                obs = observables(pc, u, ts, sol)
+                return jnp.stack([obs[o] for o in names]), sol.ok, sol.num_steps
 
-        def one(pc, u, ts, t1):
-            sol = solve(pc, u, ts, t1, settings, active)
-            obs = observables(pc, u, ts, sol)
-            return jnp.stack([obs[o] for o in names]), sol.ok, sol.num_steps
+            stack, ok, steps = jax.vmap(one)(p, a.inputs, a.ts, a.t1)  # [C, O, T], [C], [C]
+            return stack[a.m_cond, a.m_obs, a.m_time], ok, steps
 
-        stack, ok, steps = jax.vmap(one)(p, a.inputs, a.ts, a.t1)  # [C, O, T], [C], [C]
-        mu = stack[a.m_cond, a.m_obs, a.m_time]
-        return mu, ok, steps
+        est = [r.id for r in self.estimated]
+        theta = jnp.stack([p[k] for k in est], axis=-1)  # [C, P]
+        fixed = {k: v for k, v in p.items() if k not in est}
+        return _sensitivity_block(settings, names, active, est)(theta, fixed, a)
 
-    # -- the model --------------------------------------------------------------------------------------------
+        # -- the model --------------------------------------------------------------------------------------------
     def model(self, a: FitArrays, y=None):
         lat = self.sample_latents()
         pop, grp, noise = self.natural(lat)
@@ -193,6 +205,74 @@ class ModelBuilder:
 
     def group_level(self) -> list[str]:
         return [r.id for r in self.estimated if r.level == "group" and len(self.groups) > 1]
+
+
+def _sensitivity_block(settings, names, active, est):
+    """The ODE block as a custom-VJP function of the per-condition estimated parameters ``theta`` [C, P]."""
+    fwd_settings = dataclasses.replace(settings, adjoint="forward")
+
+    def one(th, fx, u, ts, t1):
+        pc = dict(fx)
+        pc.update({k: th[i] for i, k in enumerate(est)})
+        sol = solve(pc, u, ts, t1, fwd_settings, active)
+        obs = observables(pc, u, ts, sol)
+        # ok and steps travel as floats (a custom VJP's outputs must all be differentiable types)
+        return jnp.stack([obs[o] for o in names]), jnp.stack([sol.ok.astype(jnp.float64),
+                                                            sol.num_steps.astype(jnp.float64)])
+
+    def primal(theta, fixed, a):
+        stack, aux = jax.vmap(one)(theta, fixed, a.inputs, a.ts, a.t1)
+        return stack[a.m_cond, a.m_obs, a.m_time], aux
+
+    def with_jac(theta, fixed, a):
+        def one_jac(th, fx, u, ts, t1):
+            (stack, aux), jac = _value_and_jacfwd(lambda t: one(t, fx, u, ts, t1), th)
+            return stack, aux, jac  # jac [O, T, P]
+
+        stack, aux, jac = jax.vmap(one_jac)(theta, fixed, a.inputs, a.ts, a.t1)
+        mu = stack[a.m_cond, a.m_obs, a.m_time]
+        j = jac[a.m_cond, a.m_obs, a.m_time]  # [N, P]
+        return (mu, aux), j
+
+    @jax.custom_vjp
+    def block(theta, fixed, a):
+        return primal(theta, fixed, a)
+
+    def block_fwd(theta, fixed, a):
+        out, j = with_jac(theta, fixed, a)
+        return out, (j, a.m_cond, theta.shape[0], fixed, a)
+
+    def block_bwd(res, ct):
+        j, m_cond, C, fixed, a = res
+        ct_mu = ct[0]
+        g = jax.ops.segment_sum(ct_mu[:, None] * j, m_cond, num_segments=C)  # [C, P]
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, (fixed, a))
+        zeros = jax.tree_util.tree_map(
+            lambda z: z if jnp.issubdtype(z.dtype, jnp.floating) else np.zeros(z.shape, jax.dtypes.float0),
+            zeros)
+        return (g, zeros[0], zeros[1])
+
+    block.defvjp(block_fwd, block_bwd)
+
+    def run(theta, fixed, a):
+        mu, aux = block(theta, fixed, a)
+        aux = jax.lax.stop_gradient(aux)
+        return mu, aux[:, 0] > 0.5, aux[:, 1].astype(jnp.int32)
+
+    return run
+
+
+def _value_and_jacfwd(f, x):
+    """(f(x) = (y, aux)) and the forward-mode Jacobian dy/dx [..., P]: one batched JVP per entry of x, the primal
+    solved once (the step-size controller only looks at the primal)."""
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+
+    def pushfwd(v):
+        y, ty, aux = jax.jvp(f, (x,), (v,), has_aux=True)
+        return y, aux, ty
+
+    y, aux, ty = jax.vmap(pushfwd, out_axes=(None, None, -1))(basis)
+    return (y, aux), ty
 
 
 def nominal_condition_params(spec: ModelSpec, C: int) -> dict:

@@ -56,7 +56,7 @@ class SolverSettings:
     rtol: float = 1e-6
     atol: float = 1e-8
     max_steps: int = 4096
-    adjoint: str = "reverse"  # reverse (RecursiveCheckpointAdjoint) | forward (ForwardMode)
+    adjoint: str = "sensitivity"  # sensitivity (forward sensitivities in a custom VJP) | reverse | forward
     dt0: float = 0.05  # first step [min]
 
     def __post_init__(self):
@@ -66,8 +66,8 @@ class SolverSettings:
             raise ValueError(f"solver tolerances must be in (0, 1), got rtol={self.rtol}, atol={self.atol}")
         if self.max_steps < 16:
             raise ValueError(f"solver.max_steps must be >= 16, got {self.max_steps}")
-        if self.adjoint not in ("reverse", "forward"):
-            raise ValueError(f"solver.adjoint must be 'reverse' or 'forward', got {self.adjoint!r}")
+        if self.adjoint not in ("sensitivity", "reverse", "forward"):
+            raise ValueError(f"solver.adjoint must be 'sensitivity', 'reverse' or 'forward', got {self.adjoint!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SolverSettings":
@@ -99,7 +99,8 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
         jump_ts=u.t_break,
         step_ts=jnp.where(u.insulin_forced > 0.5, u.ins_t, u.t_break[0]),
     )
-    adjoint = diffrax.ForwardMode() if settings.adjoint == "forward" else diffrax.RecursiveCheckpointAdjoint()
+    adjoint = diffrax.ForwardMode() if settings.adjoint in ("forward", "sensitivity") else \
+        diffrax.RecursiveCheckpointAdjoint()
     ya0 = {n: getattr(y0, n) for n in active}
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(_reduced_field(active)), solver, t0=0.0, t1=t1, dt0=settings.dt0, y0=ya0,
