@@ -72,7 +72,7 @@ def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int) ->
 
     pr = load_protocol(ROOT / case["protocol"])
     u = build_inputs(pr, 70.0, 1.8)
-    s = long_solver(dataclasses.asdict(settings), pr)
+    s = dataclasses.replace(long_solver(dataclasses.asdict(settings), pr), adjoint="reverse")
     s_fwd = dataclasses.replace(s, adjoint="forward")
     active = active_states([pr], insulin_kinetic=True)
     lo, hi = case["window"]
@@ -131,6 +131,7 @@ def markdown(res: dict) -> str:
         f"{m['diffrax']}, equinox {m['equinox']}, backend {m['backend']}. Persistent compilation cache off.",
         "",
         f"Solver: {res['solver']['name']}, rtol {res['solver']['rtol']}, atol {res['solver']['atol']}, "
+        f"dt0 {res['solver']['dt0']}, "
         f"states reduced by `active_states`; scalar = mean GIR over the last 30 min of the clamp; gradients w.r.t. "
         f"all parameters; warm times are the median of {res['repeats']} runs.",
         "",

@@ -80,7 +80,7 @@ def solve_states(p, u, ts, t1, settings, active):
 
 
 def reference_settings():
-    return SolverSettings(rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS)
+    return SolverSettings(rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS, adjoint="reverse")
 
 
 # ------------------------------------------------------------------------------------------ scipy reference

@@ -277,7 +277,10 @@ class InputArrays(eqx.Module):
     ins_v: Array  # [M] [mU/L]
 
     def at(self, t: Array) -> Inputs:
-        k = jnp.clip(jnp.searchsorted(self.t_break, t, side="right") - 1, 0, self.t_break.shape[0] - 1)
+        """Inputs at t, left-continuous: segment k covers (t_k, t_k+1]. The solver steps to just before each jump
+        and restarts just after it; left-continuity keeps a stage that rounds onto a jump time on the old side
+        (right-continuous inputs made the step size crawl towards every jump)."""
+        k = jnp.clip(jnp.searchsorted(self.t_break, t, side="left") - 1, 0, self.t_break.shape[0] - 1)
         return Inputs(
             exercise=self.exercise[k], insulin_infusion=self.insulin_infusion[k],
             glucose_infusion=self.glucose_infusion[k], clamp_active=self.clamp_active[k],
@@ -285,11 +288,42 @@ class InputArrays(eqx.Module):
             insulin_forced=self.insulin_forced, insulin_measured=jnp.interp(t, self.ins_t, self.ins_v),
         )
 
+    def segment(self, k) -> "SegmentInputs":
+        """The constant inputs of segment k (measured insulin still interpolated in time)."""
+        return SegmentInputs(
+            exercise=self.exercise[k], insulin_infusion=self.insulin_infusion[k],
+            glucose_infusion=self.glucose_infusion[k], clamp_active=self.clamp_active[k],
+            clamp_target_mgdl=self.clamp_target_mgdl[k], clamp_target_basal=self.clamp_target_basal[k],
+            insulin_forced=self.insulin_forced, ins_t=self.ins_t, ins_v=self.ins_v,
+        )
+
     def rest(self) -> Inputs:
         """Inputs of the basal fasting state (no exercise, infusions or clamp), forced insulin at its first value."""
         z = jnp.zeros(())
         return Inputs(exercise=z, insulin_infusion=z, glucose_infusion=z, clamp_active=z, clamp_target_mgdl=z,
                       clamp_target_basal=z, insulin_forced=self.insulin_forced, insulin_measured=self.ins_v[0])
+
+
+class SegmentInputs(eqx.Module):
+    """Inputs held constant over one protocol segment (used by the piecewise solve; same ``at`` interface)."""
+
+    exercise: Array
+    insulin_infusion: Array
+    glucose_infusion: Array
+    clamp_active: Array
+    clamp_target_mgdl: Array
+    clamp_target_basal: Array
+    insulin_forced: Array
+    ins_t: Array
+    ins_v: Array
+
+    def at(self, t: Array) -> Inputs:
+        return Inputs(
+            exercise=self.exercise, insulin_infusion=self.insulin_infusion, glucose_infusion=self.glucose_infusion,
+            clamp_active=self.clamp_active, clamp_target_mgdl=self.clamp_target_mgdl,
+            clamp_target_basal=self.clamp_target_basal, insulin_forced=self.insulin_forced,
+            insulin_measured=jnp.interp(t, self.ins_t, self.ins_v),
+        )
 
 
 def _convert(seg: Segment, bw: float, bsa: float) -> float:
