@@ -126,8 +126,8 @@ def markdown(res: dict) -> str:
     lines = [
         "# myoglucose model benchmark",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, load average at start {m['loadavg_start']}, "
-        f"at end {m['loadavg_end']}; Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, diffrax "
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, load average (1/5/15 min) at start "
+        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end {'/'.join(f'{x:.1f}' for x in m['loadavg_end'])}; Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, diffrax "
         f"{m['diffrax']}, equinox {m['equinox']}, backend {m['backend']}. Persistent compilation cache off.",
         "",
         f"Solver: {res['solver']['name']}, rtol {res['solver']['rtol']}, atol {res['solver']['atol']}, "
@@ -135,19 +135,21 @@ def markdown(res: dict) -> str:
         f"states reduced by `active_states`; scalar = mean GIR over the last 30 min of the clamp; gradients w.r.t. "
         f"all parameters; warm times are the median of {res['repeats']} runs.",
         "",
-        "| case | states | params | steps | compile solve / rev / fwd (s) | solve (ms) | reverse grad (ms) | "
-        "forward grad (ms) | rev/solve | fwd/solve |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | states | params | steps | trace+lower solve / rev / fwd (s) | compile solve / rev / fwd (s) | "
+        "solve (ms) | reverse grad (ms) | forward grad (ms) | rev/solve | fwd/solve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in res["cases"].items():
         lines.append(
             f"| {name} | {c['n_states']} | {c['n_params']} | {c['num_steps']} | "
+            f"{c['solve']['trace_lower_s']:.1f} / {c['grad_reverse']['trace_lower_s']:.1f} / "
+            f"{c['grad_forward']['trace_lower_s']:.1f} | "
             f"{c['solve']['compile_s']:.1f} / {c['grad_reverse']['compile_s']:.1f} / "
             f"{c['grad_forward']['compile_s']:.1f} | {c['solve']['median_s'] * 1e3:.1f} | "
             f"{c['grad_reverse']['median_s'] * 1e3:.1f} | {c['grad_forward']['median_s'] * 1e3:.1f} | "
             f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} |")
-    lines += ["", "Compile = XLA compilation only (`lower().compile()`); tracing + lowering is reported separately in "
-              "the JSON (`trace_lower_s`)."]
+    lines += ["", "First-call cost = trace+lower + compile (XLA, `lower().compile()`). Warm times: median of the repeats, "
+              "each stopped after `jax.block_until_ready`. Steps = accepted + rejected solver steps of one solve."]
     return "\n".join(lines) + "\n"
 
 
@@ -159,7 +161,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n-save", type=int, default=7, help="save times in the scalar's 30-min window")
     ap.add_argument("--rtol", type=float, default=None, help="override config/config.yaml solver.rtol")
     ap.add_argument("--atol", type=float, default=None, help="override config/config.yaml solver.atol")
+    ap.add_argument("--markdown-from", default=None, help="only rewrite the markdown table from an existing JSON")
     args = ap.parse_args(argv)
+    if args.markdown_from:
+        res = json.loads(Path(args.markdown_from).read_text())
+        md = Path(args.markdown_from).with_suffix(".md")
+        md.write_text(markdown(res))
+        print(markdown(res))
+        return 0
 
     os.environ.setdefault("MYOGLUCOSE_ROOT", str(ROOT))
     from myoglucose import runtime

@@ -156,10 +156,17 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
                     progress_bar=settings.progress, jit_model_args=False)
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(settings.seed), c) for c in ids])
         t0 = time.perf_counter()
+        print(f"[{time.strftime('%H:%M:%S')}] chain(s) {ids}: compiling and sampling", flush=True,
+              file=__import__("sys").stderr)
         mcmc.run(keys if len(ids) > 1 else keys[0], arrays, y=arrays.values, extra_fields=extra)
         samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
         stats = jax.block_until_ready(mcmc.get_extra_fields(group_by_chain=True))
         elapsed = time.perf_counter() - t0
+        div = int(np.asarray(stats["diverging"]).sum())
+        steps = int(np.asarray(stats["num_steps"]).sum())
+        print(f"[{time.strftime('%H:%M:%S')}] chain(s) {ids}: {settings.warmup} warmup + {settings.samples} draws in "
+              f"{elapsed:.1f} s (incl. compile), {steps} gradient evaluations, {div} divergences", flush=True,
+              file=__import__("sys").stderr)
         for k, v in samples.items():
             out_s.setdefault(k, []).append(np.asarray(v))
         for k, v in stats.items():
