@@ -108,32 +108,20 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
 
 
 def _adam_then_bfgs(vg, x, steps: int):
-    """A robust small optimiser: Adam steps with a backtracking guard (no extra dependency)."""
-    x = jnp.asarray(x)
-    m = jnp.zeros_like(x)
-    v = jnp.zeros_like(x)
-    val, g = vg(x)
-    val = float(val)
-    lr = 0.05
-    for t in range(1, steps + 1):
-        if not np.all(np.isfinite(np.asarray(g))):
-            break
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g * g
-        step = lr * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
-        xn = x - step
-        vn, gn = vg(xn)
-        vn = float(vn)
-        if np.isfinite(vn) and vn <= val + 1e-9:
-            x, val, g = xn, vn, gn
-            lr = min(lr * 1.05, 0.2)
-        else:
-            lr *= 0.5
-            m = jnp.zeros_like(x)
-            v = jnp.zeros_like(x)
-            if lr < 1e-5:
-                break
-    return x, val
+    """L-BFGS-B (scipy) on the jitted value-and-gradient; a non-finite value is treated as a wall (large value)."""
+    from scipy.optimize import minimize
+
+    def fun(z):
+        v, g = vg(jnp.asarray(z))
+        v, g = float(v), np.asarray(g, dtype=np.float64)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return 1e12, np.zeros_like(g)
+        return v, g
+
+    x0 = np.asarray(x, dtype=np.float64)
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": int(steps), "maxfun": int(2 * steps)})
+    val = float(res.fun)
+    return jnp.asarray(res.x), (val if val < 1e12 else np.inf)
 
 
 def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chain_ids: list[int],
