@@ -32,7 +32,7 @@ from ..model.spec import ModelSpec
 from .arrays import FitArrays, FitData
 
 NOISE_CODE = {"normal": 0, "proportional": 1, "lognormal": 2}
-PROPORTIONAL_FLOOR = 0.1  # [observable unit] sd floor of proportional noise near zero predictions
+PROPORTIONAL_FLOOR = 0.1  # [observable unit] smallest sd floor of proportional noise near zero predictions
 
 
 class ObservationNoise(dist.Distribution):
@@ -71,6 +71,10 @@ class ModelBuilder:
         self.noise_kind = jnp.asarray([NOISE_CODE[r.noise] for r in obs_rows])
         self.noise_names = [r.noise_parameter for r in obs_rows]
         self.noise_prior = [spec.noise_priors[n] for n in self.noise_names]
+        # floor of the proportional noise sd, per observable: 10 % of the median magnitude of its data (so that
+        # values near zero, e.g. the first minutes of a clamp's glucose infusion, are not over-weighted)
+        vals = data.measurements.assign(a=data.measurements["value"].abs()).groupby("observable_id")["a"].median()
+        self.noise_floor = jnp.asarray([max(PROPORTIONAL_FLOOR, 0.1 * float(vals[o])) for o in data.observables])
 
     # -- parameters -------------------------------------------------------------------------------------------
     def _transform(self, r, z):
@@ -189,7 +193,8 @@ class ModelBuilder:
         sig = sigmas[a.m_obs]
         known = a.known_sd
         scale_normal = jnp.sqrt(sig**2 + known**2)
-        scale_prop = jnp.sqrt((sig * jnp.abs(mu)) ** 2 + PROPORTIONAL_FLOOR**2 + known**2)
+        floor = self.noise_floor[a.m_obs]
+        scale_prop = jnp.sqrt((sig * jnp.abs(mu)) ** 2 + floor**2 + known**2)
         scale_log = jnp.sqrt(sig**2 + (known / jnp.maximum(jnp.abs(mu), 1e-6)) ** 2)
         scale = jnp.where(kind == 0, scale_normal, jnp.where(kind == 1, scale_prop, scale_log))
         return ObservationNoise(mu, scale, kind), ok

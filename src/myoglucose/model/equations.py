@@ -252,7 +252,7 @@ def vector_field(t: Array, y: State, args) -> State:
     )  # [mU/L/min]
     clear = p["n_ins"] * (1.0 + p["cl_ex"] * y.vo2) * y.ins  # [mU/L/min]  [@RoyParker2007]
     infusion = inp.insulin_infusion / p["v_ins"]  # [mU/L/min] (mU/kg/min over L/kg)
-    d_ins = infusion + sec - clear  # [mU/L/min]
+    d_ins = jnp.where(inp.insulin_forced > 0.5, 0.0, infusion + sec - clear)  # [mU/L/min] (held when forced)
     d_ins_int = p["k_ins_int"] * (f.insulin - y.ins_int)  # [mU/L/min] remote insulin  [@Bergman1981]
     d_ins_liv = p["k_ins_liv"] * (f.insulin - y.ins_liv)  # [mU/L/min]  [@DallaMan2007]
 
@@ -281,7 +281,8 @@ def vector_field(t: Array, y: State, args) -> State:
     d_gly_mus = -p["k_gly_mus_use"] * y.vo2**2 + p["k_gly_mus_refill"] * (1.0 - y.gly_mus)  # [1/min]  [@Gollnick1974]
 
     # [M9] myokines
-    ex_above = softplus_k(y.vo2 - p["il6_threshold"], 50.0)  # [-] intensity above the IL-6 threshold
+    # [-] intensity above the IL-6 threshold; the constant makes it exactly 0 at rest (no leak at the basal state)
+    ex_above = softplus_k(y.vo2 - p["il6_threshold"], 50.0) - softplus_k(-p["il6_threshold"], 50.0)
     low_gly = 1.0 + p["g_il6_glycogen"] * (1.0 - y.gly_mus)  # [-] more IL-6 when glycogen is low  [@Keller2001]
     d_il6_mus = p["k_il6_prod"] * ex_above * low_gly - p["k_il6_off"] * y.il6_mus  # [1/min]  [@Steensberg2000]
     k_el = LN2 / p["t_half_il6"]  # [1/min] plasma half-life ~1 h  [@Ostrowski1998]

@@ -32,7 +32,7 @@ def active_states(protocols: list[Protocol], insulin_kinetic: bool = True) -> tu
     if any(pr.has_clamp for pr in protocols):
         names |= set(CLAMP_STATES)
     if any(s.kind == "exercise" and s.value > 0 for pr in protocols for s in pr.segments):
-        names |= set(EXERCISE_STATES) | set(INSULIN_KINETIC_STATES)
+        names |= set(EXERCISE_STATES) | (set(INSULIN_KINETIC_STATES) if insulin_kinetic else set())
     return tuple(n for n in STATE_NAMES if n in names)
 
 
