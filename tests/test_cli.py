@@ -120,3 +120,22 @@ def test_simulate_writes_units(tmp_path):
     df = pd.read_csv(out)
     assert "glucose_plasma [mg/dL]" in df.columns and "gir [mg/kg/min]" in df.columns and "glut4_pm [1]" in df.columns
     assert df["gir [mg/kg/min]"].iloc[-1] > 3.0
+
+
+@pytest.mark.slow
+def test_simulate_cohort_feeds_fit_format(tmp_path):
+    out = tmp_path / "cohort"
+    r = run("simulate-cohort", "--model", ROOT / "models/core", "--protocol", ROOT / "protocols/scenarios/clamp_40.yaml",
+            "--n", "4", "--seed", "3", "--groups", "a,b", "--observables", "glucose_plasma,gir", "--out-dir", out)
+    assert r.returncode == 0, r.stderr
+    from myoglucose.data import read_tables
+
+    t = read_tables(out, ROOT)
+    assert set(t.measurements["subject_id"]) == {"s0001", "s0002", "s0003", "s0004"}
+    truth = pd.read_csv(out / "true_parameters.tsv", sep="\t")
+    assert set(truth["parameterId"]) == {"akt_ec50", "gb", "glut4_capacity", "k_ins_int"}
+    r2 = run("simulate-cohort", "--model", ROOT / "models/core", "--protocol", ROOT / "protocols/scenarios/clamp_40.yaml",
+             "--n", "4", "--seed", "3", "--groups", "a,b", "--observables", "glucose_plasma,gir", "--out-dir",
+             tmp_path / "again")
+    assert r2.returncode == 0
+    assert (out / "measurements.tsv").read_text() == (tmp_path / "again" / "measurements.tsv").read_text()
