@@ -21,7 +21,7 @@ def run(*args, cwd=ROOT):
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "simulate", "fit", "diagnose", "predict", "report", "behaviours",
-                                 "compare"])
+                                 "compare", "simulate-cohort"])
 def test_every_subcommand_has_help(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and "--" in r.stdout
