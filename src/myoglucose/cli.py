@@ -8,16 +8,21 @@ that fails its convergence thresholds exits 3 from ``diagnose``.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Optional
 
-import typer
+# Before anything imports equinox (it reads this once, at import): a failure inside an implicit solver stage must
+# become NaN (a rejected proposal), never an exception that ends a fit (shared/research/inference.md 2.3).
+os.environ.setdefault("EQX_ON_ERROR", "nan")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Bayesian inference for a multi-scale model of muscle contraction and insulin sensitivity.")

@@ -49,6 +49,9 @@ def load_problem(job: FitJob):
 
 
 def _chain_worker(args) -> dict:
+    import os
+
+    os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox is imported in this fresh process
     job, chain, init = args
     from .. import runtime
 
