@@ -35,7 +35,7 @@ def test_test_config_runs_through_slurm(tmp_path: Path) -> None:
         "--profile", ".test/profiles/slurm-local",
         "--configfile", "config/test.yaml",
         timeout=None,
-        wrap=["timeout", "-k", "10", "900"],
+        wrap=["timeout", "-k", "10", "1500"],
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-8000:]
