@@ -129,4 +129,4 @@ def default_times(end: float, step: float = 10.0) -> np.ndarray:
     return np.arange(0.0, end + 1e-9, step)
 
 
-__all__ = ["Cohort", "simulate_cohort", "draw_parameters", "default_times", "Path"]
+__all__ = ["Cohort", "simulate_cohort", "draw_parameters", "default_times"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import multiprocessing as mp
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -197,7 +196,3 @@ def fit_summary(stats: dict, tree: xr.DataTree) -> dict:
         "ode_failures": int(np.asarray(tree["sample_stats"]["ode_failed"]).sum()),
         "gradient_evaluations": int(np.asarray(tree["sample_stats"]["n_steps"]).sum()),
     }
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -77,11 +77,6 @@ class ModelBuilder:
         self.noise_floor = jnp.asarray([max(PROPORTIONAL_FLOOR, 0.1 * float(vals[o])) for o in data.observables])
 
     # -- parameters -------------------------------------------------------------------------------------------
-    def _transform(self, r, z):
-        if r.scale == "log" or r.prior == "lognormal":
-            return jnp.exp(jnp.log(r.loc) + r.prior_scale * z)
-        return r.loc + r.prior_scale * z
-
     def sample_latents(self) -> dict:
         """Sample the latent (non-centred) sites: standard-normal ``z``, half-normal spreads and noise scales."""
         lat = {}
@@ -205,9 +200,6 @@ class ModelBuilder:
         ll = jnp.where(jnp.all(ok), d.log_prob(a.values), -jnp.inf)
         return ll, d.sample(key), jnp.sum(~ok)
 
-    def parameter_sites(self) -> list[str]:
-        return [r.id for r in self.estimated] + list(dict.fromkeys(self.noise_names))
-
     def group_level(self) -> list[str]:
         return [r.id for r in self.estimated if r.level == "group" and len(self.groups) > 1]
 
@@ -278,11 +270,3 @@ def _value_and_jacfwd(f, x):
 
     y, aux, ty = jax.vmap(pushfwd, out_axes=(None, None, -1))(basis)
     return (y, aux), ty
-
-
-def nominal_condition_params(spec: ModelSpec, C: int) -> dict:
-    return {k: jnp.broadcast_to(jnp.asarray(r.nominal), (C,)) for k, r in spec.params.items()}
-
-
-def numpy_tree(x):
-    return jax.tree_util.tree_map(lambda a: np.asarray(a), x)

@@ -97,7 +97,7 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
                              init_strategy=init_to_sample, forward_mode_differentiation=fwd).param_info.z
         starts.append(ravel_pytree(z)[0])
     for i, x in enumerate(starts):
-        x, val = _adam_then_bfgs(vg, x, settings.map_steps)
+        x, val = _lbfgs(vg, x, settings.map_steps)
         log(f"MAP start {i + 1}/{len(starts)}: potential {val:.3f}")
         if np.isfinite(val) and val < best_val:
             best, best_val = x, val
@@ -107,7 +107,7 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
     return constrain_fn(builder.model, (arrays,), {"y": y}, z)
 
 
-def _adam_then_bfgs(vg, x, steps: int):
+def _lbfgs(vg, x, steps: int):
     """L-BFGS-B (scipy) on the jitted value-and-gradient; a non-finite value is treated as a wall (large value)."""
     from scipy.optimize import minimize
 

@@ -332,7 +332,7 @@ def _convert(seg: Segment, bw: float, bsa: float) -> float:
     if seg.kind == "glucose":
         return {
             "mg/kg/min": seg.value, "mg/min": seg.value / bw, "mg/m2/min": seg.value * bsa / bw,
-            "g/kg/min": seg.value * 1000.0, "mg/kg/min/min": seg.value, "g/min": seg.value * 1000.0 / bw,
+            "g/kg/min": seg.value * 1000.0, "g/min": seg.value * 1000.0 / bw,
         }[seg.unit]
     return seg.value
 
