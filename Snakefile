@@ -17,7 +17,7 @@ include: "workflow/rules/data.smk"  # prepare: data/<dataset>/ -> results/tidy/<
 include: "workflow/rules/fit.smk"  # fit: -> results/fits/<model>/<dataset>/posterior.nc
 include: "workflow/rules/diagnostics.smk"  # diagnose: -> diagnostics.tsv, verdict.json
 include: "workflow/rules/predict.smk"  # predict: -> predictive.nc
-include: "workflow/rules/report.smk"  # report_fit, behaviours, model_comparison: -> results/figures/, results/tables/
+include: "workflow/rules/report.smk"  # data_overview, report_fit, behaviours, model_comparison -> results/figures/
 
 
 rule all:

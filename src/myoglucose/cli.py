@@ -16,7 +16,6 @@ os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import json  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -75,7 +74,9 @@ def load_config(path: Optional[Path]) -> dict:
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        from .io import yaml_error
+
+        raise ConfigError(yaml_error(path, e)) from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: the config must be a mapping")
     from .config import validate_config
@@ -84,29 +85,22 @@ def load_config(path: Optional[Path]) -> dict:
     return cfg
 
 
-def atomic_path(final: Path, suffix: str = "") -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_atomic_text(final: Path, text: str) -> None:
-    tmp = atomic_path(final)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .io import write_text
+
+    write_text(final, text)
 
 
 def write_tree(tree, final: Path) -> None:
-    tmp = atomic_path(final, ".nc")
-    try:
-        tree.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .io import atomic_write
+
+    atomic_write(final, lambda tmp: tree.to_netcdf(tmp, engine="h5netcdf"), suffix=".nc")
+
+
+def write_csv(df, final: Path, **kw) -> None:
+    from .io import atomic_write
+
+    atomic_write(final, lambda tmp: df.to_csv(tmp, **kw))
 
 
 def read_tree(path: Path):
@@ -160,12 +154,7 @@ def simulate(
 
         overrides = _read_param_overrides(params) if params else {}
         df = simulate_protocol_table(model, protocol, overrides, body_weight, bsa, points, cfg.get("solver"))
-        tmp = atomic_path(out)
-        try:
-            df.to_csv(tmp, index=False, float_format="%.10g")
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_csv(df, out, index=False, float_format="%.10g")
         log(f"simulated {protocol} with {model}: {len(df)} time points -> {out}")
 
 
@@ -174,7 +163,12 @@ def _read_param_overrides(path: Path) -> dict[str, float]:
     import yaml
 
     if path.suffix in (".yaml", ".yml"):
-        doc = yaml.safe_load(path.read_text()) or {}
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            from .io import yaml_error
+
+            raise ConfigError(yaml_error(path, e)) from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected a mapping parameterId: value")
         items = doc.items()
@@ -203,8 +197,16 @@ def fit(
     config: Path = typer.Option(..., "--config", help="config YAML (solver, sampler, device)"),
     out: Path = typer.Option(..., "--out", help="posterior NetCDF (ArviZ DataTree)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="override sampler.seed"),
+    resume: bool = typer.Option(False, "--resume/--no-resume",
+                                help="continue a killed fit from the checkpoints in <out>.ckpt/ (only those of the "
+                                     "same settings, data, model and code; others are discarded); --no-resume "
+                                     "discards them"),
 ):
-    """Tidy data + model variant + sampler settings -> posterior NetCDF."""
+    """Tidy data + model variant + sampler settings -> posterior NetCDF.
+
+    The sampler state is saved atomically to <out>.ckpt/ after warmup and every sampler.checkpoint_every
+    iterations; `--resume` continues from there with the same draws as an uninterrupted fit with the same seed.
+    The folder is removed once <out> is written."""
     with user_errors():
         cfg = load_config(config)
         import yaml
@@ -224,20 +226,26 @@ def fit(
 
         spec = load_model(model)
         read_tables(tidy_dir, repo_root())
+        from .inference.checkpoint import checkpoint_dir_for
         from .inference.fit import FitJob, build_tree, fit_summary, run_fit
+        from .io import remove_tree
         from .provenance import provenance_attrs
 
+        ckpt = checkpoint_dir_for(out)
         job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model), repo_root=str(repo_root()),
                      solver=dict(cfg.get("solver") or {}), sampler=dataclasses_asdict(settings),
-                     device=cfg.get("device", "auto"), cache_dir=info.get("cache_dir") or None)
+                     device=cfg.get("device", "auto"), cache_dir=info.get("cache_dir") or None,
+                     checkpoint_dir=str(ckpt), resume=resume)
         t0 = time.perf_counter()
         samples, stats, problem = run_fit(job, log=log)
         data_files = [tidy_dir / n for n in ("measurements.tsv", "conditions.tsv", "provenance.tsv")]
         attrs = provenance_attrs(
             config_yaml=yaml.safe_dump(cfg, sort_keys=True), seed=settings.seed, data_files=data_files,
             model_files=spec.sha_inputs(),
-            extra={"model_variant": spec.id, "dataset_id": tidy_dir.name, "solver": job.solver.get("name", "Kvaerno5"),
-                   "rtol": float(job.solver.get("rtol", 1e-6)), "atol": float(job.solver.get("atol", 1e-8)),
+            extra={"model_variant": spec.id, "dataset_id": tidy_dir.name, "solver": problem[2].solver.name,
+                   "solver_requested": job.solver.get("name", "auto"),
+                   "solver_choice": json.dumps(problem[2].stiffness.as_dict()) if problem[2].stiffness else "",
+                   "rtol": problem[2].solver.rtol, "atol": problem[2].solver.atol,
                    "backend": info["backend"], "active_states": list(problem[1].active),
                    "sampler_settings": dataclasses_asdict(settings)},
         )
@@ -246,6 +254,7 @@ def fit(
         summ["total_wall_s"] = time.perf_counter() - t0
         tree.attrs["fit_summary"] = json.dumps(summ)
         write_tree(tree, out)
+        remove_tree(ckpt)
         log(f"wrote {out}: {summ}")
 
 
@@ -274,12 +283,7 @@ def diagnose(
         summ = sampler_summary(tree, int((cfg.get("sampler") or {}).get("max_tree_depth", 10)))
         v = verdict(table, summ, th)
         v["summary"] = summ
-        tmp = atomic_path(out_table)
-        try:
-            table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-            os.replace(tmp, out_table)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_csv(table, out_table, sep="\t", index=False, float_format="%.6g")
         write_atomic_text(out_verdict, json.dumps(v, indent=2, default=float))
         status = "PASSED" if v["passed"] else "FAILED"
         log(f"convergence {status}" + ("" if v["passed"] else ": " + "; ".join(v["failures"])))
@@ -312,19 +316,48 @@ def predict(
 
 @app.command()
 def report(
-    posterior: Path = typer.Option(..., "--posterior", help="posterior NetCDF"),
-    predictive: Path = typer.Option(..., "--predictive", help="predictive NetCDF"),
-    diagnostics: Path = typer.Option(..., "--diagnostics", help="convergence table TSV"),
     out_dir: Path = typer.Option(..., "--out-dir", help="folder for figures and tables"),
-    model: Optional[Path] = typer.Option(None, "--model", help="model variant folder (for the methods paragraph)"),
+    posterior: Optional[Path] = typer.Option(None, "--posterior", help="posterior NetCDF (fit report)"),
+    predictive: Optional[Path] = typer.Option(None, "--predictive", help="predictive NetCDF (fit report)"),
+    diagnostics: Optional[Path] = typer.Option(None, "--diagnostics", help="convergence table TSV (fit report)"),
+    model: Optional[Path] = typer.Option(None, "--model", help="model variant folder (priors table, methods)"),
+    tidy_dir: Optional[Path] = typer.Option(None, "--tidy-dir",
+                                            help="results/tidy/<dataset>/: draw the data overview instead"),
     config: Optional[Path] = typer.Option(None, "--config", help="config YAML (report formats, dpi)"),
 ):
-    """Figures (svg, pdf, png) and tables (csv, tex) of one fit."""
+    """Figures (svg, pdf, png) and tables (csv, tex) of one fit (--posterior, --predictive, --diagnostics), or the
+    data overview of one dataset (--tidy-dir: overview.{svg,pdf,png}, summary.{csv,tex})."""
     with user_errors():
         cfg = load_config(config)
+        fit_inputs = (posterior, predictive, diagnostics)
+        if tidy_dir is None and None in fit_inputs:
+            raise ConfigError("give --posterior, --predictive and --diagnostics (a fit), or --tidy-dir (the data)")
+        if tidy_dir is not None and any(x is not None for x in fit_inputs):
+            raise ConfigError("--tidy-dir draws the data overview alone; leave out --posterior, --predictive and "
+                              "--diagnostics")
+        if tidy_dir is not None:
+            import pandas as pd
+
+            from .reporting import write_data_overview
+
+            meas_file = tidy_dir / "measurements.tsv"
+            if not meas_file.exists():
+                raise ConfigError(f"{meas_file}: file not found (run `myoglucose prepare` first)")
+            meas = pd.read_csv(meas_file, sep="\t")
+            prov_file = tidy_dir / "provenance.tsv"
+            prov = pd.read_csv(prov_file, sep="\t") if prov_file.exists() else None
+            files = write_data_overview(meas, prov, out_dir, cfg, dataset=tidy_dir.name, log=log)
+            log(f"wrote {len(files)} files to {out_dir}")
+            return
         from .reporting import write_fit_report
 
-        files = write_fit_report(read_tree(posterior), read_tree(predictive), diagnostics, out_dir, model, cfg, log=log)
+        spec = None
+        if model is not None:
+            from .model.spec import load_model
+
+            spec = load_model(model)
+        files = write_fit_report(read_tree(posterior), read_tree(predictive), diagnostics, out_dir, model, cfg,
+                                 log=log, spec=spec)
         log(f"wrote {len(files)} files to {out_dir}")
 
 

@@ -3,8 +3,13 @@
 - ``EQX_ON_ERROR=nan``: failures inside implicit solver stages become NaN (a rejected proposal), not an exception.
 - float64 everywhere (``jax_enable_x64``).
 - CPU by default; GPU when requested or present (``device: auto | cpu | gpu``).
-- the JAX persistent compilation cache, per user, shared safely between concurrent Snakemake jobs (JAX writes cache
-  entries atomically; each entry is keyed by the program and the backend).
+- the JAX persistent compilation cache, per user, shared between concurrent Snakemake jobs. Entries are keyed by
+  the program, the backend and the compile options, so concurrent jobs that compile the same program write the
+  same entry. jax 0.12 writes an entry in place (``LRUCache.put``: ``Path.write_bytes``), so a job killed
+  mid-write leaves a truncated entry that is never rewritten (``put`` skips existing keys; each later run warns
+  "Error reading persistent compilation cache entry" and recompiles), and a concurrent reader can see a partial
+  file. :func:`atomic_compilation_cache_writes` makes ``put`` write a temporary file and rename it
+  (docs/reliability.md).
 - ``host_device_count``: XLA CPU devices (must be set before JAX initialises its backends).
 """
 
@@ -14,6 +19,53 @@ import os
 from pathlib import Path
 
 _CONFIGURED: dict = {}
+
+
+class DeviceError(ValueError):
+    """The configured device is not available (a configuration error: the CLI prints it and exits 2)."""
+
+
+def atomic_compilation_cache_writes() -> bool:
+    """Make the JAX persistent cache write each entry to a unique temporary file and rename it into place.
+
+    Only the unbounded local cache (``jax_compilation_cache_max_size`` -1, the default) is changed; a bounded cache
+    (eviction, file lock) or a remote one keeps JAX's own ``put``. Returns whether the patch is in effect.
+    Checked against jax 0.12 (``jax._src.lru_cache``); on another layout it does nothing.
+    """
+    try:
+        from jax._src import lru_cache
+    except ImportError:
+        return False
+    cls = getattr(lru_cache, "LRUCache", None)
+    suffix = getattr(lru_cache, "_CACHE_SUFFIX", None)
+    if cls is None or suffix is None or not hasattr(cls, "put"):
+        return False
+    if getattr(cls.put, "_myoglucose_atomic", False):
+        return True
+    original = cls.put
+
+    def put(self, key: str, value: bytes) -> None:
+        if getattr(self, "eviction_enabled", True) or not getattr(self, "_is_local", False):
+            return original(self, key, value)
+        if not key:
+            raise ValueError("key cannot be empty")
+        final = Path(str(self.path)) / f"{key}{suffix}"
+        if final.exists():
+            return
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(value)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    put._myoglucose_atomic = True
+    cls.put = put
+    return True
 
 
 def default_cache_dir() -> Path:
@@ -47,9 +99,12 @@ def configure(device: str = "auto", cache_dir: str | Path | None = None, host_de
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     except OSError:
         cache = None
+    atomic = atomic_compilation_cache_writes() if cache else False
     backend = jax.default_backend()
     if device == "gpu" and backend != "gpu":
-        raise RuntimeError("device: gpu requested but JAX found no GPU (install with `pip install .[cuda]`)")
+        raise DeviceError("device: gpu requested but JAX found no GPU (install with `pip install .[cuda]`, or set "
+                          "device: cpu or auto)")
     _CONFIGURED.update({"device": device, "backend": backend, "cache_dir": str(cache) if cache else "",
+                        "atomic_cache_writes": atomic,
                         "devices": [str(d) for d in jax.devices()]})
     return _CONFIGURED

@@ -21,7 +21,9 @@ def load_protocol(path: str | Path) -> Protocol:
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
+        from .io import yaml_error
+
+        raise ValueError(yaml_error(path, e)) from None
     return parse_protocol(doc, str(path))
 
 

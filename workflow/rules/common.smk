@@ -103,7 +103,8 @@ DIAGNOSE_FLAGS = "" if config["diagnostics"]["fail_on_bad"] else "--no-fail"
 GPU_RESOURCES = {"gpu": 1} if config["device"] == "gpu" else {}
 
 # Figures written by `myoglucose report` (one per name, in every format of config report.formats); "scenarios"
-# only when config predict.scenarios is not empty. svg goes into the HTML report, the other formats are plain outputs.
+# only when config predict.scenarios has a scenario without training, "training" only when it has one with training
+# or detraining. svg goes into the HTML report, the other formats are plain outputs.
 FIT_FIGURES = {
     "ppc": ("Posterior predictive", "posterior predictive check"),
     "curves": ("Posterior predictive", "condition time courses"),
@@ -112,8 +113,25 @@ FIT_FIGURES = {
     "forest_groups": ("Posterior", "group-level parameters"),
     "prior_posterior": ("Posterior", "prior vs posterior"),
 }
-if config["predict"]["scenarios"]:
+
+
+def _is_training_scenario(path):
+    """A scenario protocol with a training or detraining event goes to the training figure (weeks, slow
+    adaptations); the others to the scenarios figure (the same test as reporting.training_scenarios)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh) or {}
+    except OSError:
+        return False  # a missing protocol fails in predict, with its own message
+    events = doc.get("events") if isinstance(doc, dict) else None
+    return any(isinstance(e, dict) and e.get("type") in ("training", "detraining") for e in events or [])
+
+
+_TRAINING = [_is_training_scenario(s) for s in config["predict"]["scenarios"] or []]
+if not all(_TRAINING):
     FIT_FIGURES["scenarios"] = ("Scenarios", "scenario predictions")
+if any(_TRAINING):
+    FIT_FIGURES["training"] = ("Scenarios", "training and detraining")
 FIGURE_DIR = "results/figures/{model}/{dataset}"
 OTHER_FORMATS = [fmt for fmt in config["report"]["formats"] if fmt != "svg"]
 
@@ -194,13 +212,14 @@ def comparison_args(wildcards):
 
 # ------------------------------------------------------------------------------------------------ targets
 def final_outputs():
-    """Targets of `all` - the outputs of prepare for every dataset; of fit, diagnose, predict and
+    """Targets of `all` - the outputs of prepare and data_overview for every dataset; of fit, diagnose, predict and
     report_fit for every (dataset, model) of FITS; of behaviours for every model; and of model_comparison for every
     dataset with two or more fitted models. Called after all rules are defined."""
     targets = expand(rules.prepare.output, dataset=DATASETS)
     for dataset, model in FITS:
         for step in (rules.fit, rules.diagnose, rules.predict, rules.report_fit):
             targets += expand(step.output, dataset=dataset, model=model)
+    targets += expand(rules.data_overview.output, dataset=DATASETS)
     targets += expand(rules.behaviours.output, model=MODELS)
     compared = [d for d in DATASETS if len(models_fitted_to(d)) > 1]
     targets += expand(rules.model_comparison.output, dataset=compared)

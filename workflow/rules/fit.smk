@@ -1,4 +1,6 @@
 # Tidy tables + model variant -> posterior samples (NumPyro NUTS over the diffrax ODE model).
+# --resume: a fit that was killed (time limit, pre-emption, Ctrl-C) continues from its checkpoints in
+# posterior.nc.ckpt/ when Snakemake runs it again, with the same draws as an uninterrupted fit (docs/reliability.md).
 
 
 rule fit:
@@ -25,4 +27,4 @@ rule fit:
         "../envs/myoglucose.yaml"
     shell:
         "myoglucose fit --tidy-dir results/tidy/{wildcards.dataset} --model models/{wildcards.model} "
-        "--config {input.config} --out {output} > {log} 2>&1"
+        "--config {input.config} --out {output} --resume > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Figures and tables for the papers and the HTML report (snakemake --report results/report.html).
+# Figures and tables for the papers and the HTML report (snakemake --report results/report.html): the data overview
+# of each dataset, the figures and tables of each fit, the nine behaviours of each model, the LOO comparison.
 
 
 rule report_fit:
@@ -13,7 +14,10 @@ rule report_fit:
         copies=fit_figure_copies(),  # pdf/png of config report.formats
         convergence=fit_report_item("convergence.csv", "Convergence", "convergence table"),
         contraction=fit_report_item("contraction.csv", "Posterior", "prior-to-posterior contraction"),
-        latex=expand("results/figures/{{model}}/{{dataset}}/{table}.tex", table=["convergence", "contraction"]),
+        priors=fit_report_item("priors.csv", "Methods", "priors"),
+        latex=expand(
+            "results/figures/{{model}}/{{dataset}}/{table}.tex", table=["convergence", "contraction", "priors"]
+        ),
         methods=fit_report_item("methods.md", "Methods", "methods paragraph"),
     log:
         "results/logs/report_fit/{model}/{dataset}.log",
@@ -30,6 +34,44 @@ rule report_fit:
         "myoglucose report --posterior {input.posterior} --predictive {input.predictive} "
         "--diagnostics {input.diagnostics} --model models/{wildcards.model} --config {input.config} "
         "--out-dir results/figures/{wildcards.model}/{wildcards.dataset} > {log} 2>&1"
+
+
+rule data_overview:
+    input:
+        measurements="results/tidy/{dataset}/measurements.tsv",
+        provenance="results/tidy/{dataset}/provenance.tsv",
+        config=ancient(RESOLVED_CONFIG),
+    output:
+        figure=report(
+            "results/figures/data/{dataset}/overview.svg",
+            caption="../report/data_overview.rst",
+            category="Data",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "measurements"},
+        ),
+        table=report(
+            "results/figures/data/{dataset}/summary.csv",
+            caption="../report/data_summary.rst",
+            category="Data",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "summary table"},
+        ),
+        copies=expand("results/figures/data/{{dataset}}/overview.{fmt}", fmt=OTHER_FORMATS),
+        latex="results/figures/data/{dataset}/summary.tex",
+    log:
+        "results/logs/data_overview/{dataset}.log",
+    benchmark:
+        "results/benchmarks/data_overview/{dataset}.tsv"
+    params:
+        settings=config_sections("report"),  # rerun trigger only (common.smk)
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/myoglucose.yaml"
+    shell:
+        "myoglucose report --tidy-dir results/tidy/{wildcards.dataset} --config {input.config} "
+        "--out-dir results/figures/data/{wildcards.dataset} > {log} 2>&1"
 
 
 rule behaviours:

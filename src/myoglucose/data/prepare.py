@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..io import default_mode
 from .errors import DataValidationError
 from .measurement_table import validate_tidy_tables
 from .readers import (
@@ -408,6 +409,7 @@ def write_tables(tables: PreparedTables, out_dir: Path) -> dict[str, Path]:
                 _to_tsv(df, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, default_mode())  # the usual permissions, not mkstemp's private 0600
         finals = {}
         for key, tmp in temps.items():
             final = out_dir / TABLE_FILES[key]

@@ -3,6 +3,10 @@
 ``FitJob`` is a small picklable description (paths and settings), so chains can run in separate processes: each
 process rebuilds the same model from the same files, runs its chain with ``PRNGKey(seed)`` folded with the chain
 index, and returns numpy arrays. The merged result equals a sequential run with the same seed.
+
+With ``checkpoint_dir`` every chain saves its sampler state there (``checkpoint.py``) and ``resume=True`` continues
+from matching checkpoints: the draws equal those of an uninterrupted fit with the same seed (same machine, same
+software). The folder is left in place; the CLI removes it once the posterior file is written.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class FitJob:
     sampler: dict
     device: str = "auto"
     cache_dir: str | None = None
+    checkpoint_dir: str | None = None  # <out>.ckpt: sampler checkpoints (None: no checkpoints)
+    resume: bool = False  # continue from matching checkpoints in checkpoint_dir (else start afresh)
 
 
 def load_problem(job: FitJob):
@@ -47,11 +53,62 @@ def load_problem(job: FitJob):
     return spec, data, builder
 
 
+def fit_fingerprint(job: FitJob, spec, data, builder, backend: str, vectorized: bool) -> str:
+    """Hash of everything that determines the chains: a checkpoint is resumed only when this is unchanged.
+    Excluded: ``chains`` (chain c does not depend on how many there are), ``samples`` (a chain can be extended or
+    cut), ``progress``, ``checkpoint_every`` and ``predictive_draws``. The solver is the one the model uses (after
+    ``name: auto`` was resolved)."""
+    from ..provenance import package_versions, sha256_file
+    from .checkpoint import code_sha256, fingerprint
+
+    sampler = dict(dataclasses.asdict(SamplerSettings.from_dict(job.sampler)))
+    for k in ("chains", "samples", "progress", "checkpoint_every", "predictive_draws", "chain_method"):
+        sampler.pop(k)
+    root = Path(job.repo_root)
+    files = [Path(job.tidy_dir) / n for n in ("measurements.tsv", "conditions.tsv")] + list(spec.sha_inputs())
+    protocols = sorted(set(data.covariates["protocol_file"].astype(str)))
+    files += [p if p.is_absolute() else root / p for p in map(Path, protocols)]
+    return fingerprint({
+        "sampler": sampler, "vectorized": vectorized, "backend": backend,
+        "solver": dataclasses.asdict(builder.solver),
+        "files": [sha256_file(f) for f in files if f.exists()],
+        "code": code_sha256(), "versions": package_versions(),
+    })
+
+
+_WATCHING_PARENT = False
+
+
+def _exit_with_parent(every_s: float = 1.0) -> None:
+    """End this worker process when the fit process that started it is gone.
+
+    A fit killed with SIGKILL cannot stop its chain workers. Without this they would sample on and write
+    checkpoints beside a resumed fit, and then wait forever for work on the executor's queue (every worker holds a
+    write end of that pipe, so its read never sees end-of-file). A daemon thread checks the parent PID."""
+    import os
+    import threading
+
+    global _WATCHING_PARENT
+    if _WATCHING_PARENT:
+        return
+    _WATCHING_PARENT = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _chain_worker(args) -> dict:
     import os
 
     os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox is imported in this fresh process
-    job, chain, init = args
+    _exit_with_parent()
+    job, chain, init, fp = args
     from .. import runtime
 
     runtime.configure(job.device, job.cache_dir)
@@ -60,7 +117,7 @@ def _chain_worker(args) -> dict:
     _, data, builder = load_problem(job)
     settings = SamplerSettings.from_dict(job.sampler)
     t0 = time.perf_counter()
-    out = run_nuts(builder, data.arrays, settings, init, [chain])
+    out = run_nuts(builder, data.arrays, settings, init, [chain], checkpoint_dir=job.checkpoint_dir, fingerprint=fp)
     out["wall"] = time.perf_counter() - t0
     return out
 
@@ -79,13 +136,31 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         f"({len(builder.group_level())} group-level over {len(data.groups)} groups), "
         f"{len(data.measurements)} measurements in {len(data.conditions)} conditions, "
         f"{len(data.active)} active states; backend {info['backend']}")
+    if builder.stiffness is not None:
+        rep = builder.stiffness.as_dict()
+        log(f"solver auto -> {builder.solver.name}: largest Jacobian spectral radius {rep['rho_max_per_min']:.3g}/min "
+            f"over {rep['horizon_min']:.0f} min ({rep['reason']})")
+        # chain workers take the measured choice instead of probing again
+        job = dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name})
+    method = settings.resolved_chain_method(info["backend"])
+    fp, ck = "", job.checkpoint_dir
+    if ck:
+        from . import checkpoint
+
+        fp = fit_fingerprint(job, spec, data, builder, info["backend"], method == "vectorized")
+        checkpoint.prepare_dir(Path(ck), fp, job.resume, log=log)
     init = None
     t0 = time.perf_counter()
     if settings.init == "map":
-        init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log)
-        init = {k: np.asarray(v) for k, v in init.items()}
-        log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
-    method = settings.resolved_chain_method(info["backend"])
+        init = checkpoint.load_init(Path(ck), fp) if ck else None
+        if init is not None:
+            log("MAP initial point restored from the checkpoint")
+        else:
+            init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log)
+            init = {k: np.asarray(v) for k, v in init.items()}
+            log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
+            if ck:
+                checkpoint.save_init(Path(ck), init, fp)
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
         f"chain method {method}")
     t0 = time.perf_counter()
@@ -94,11 +169,12 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         ctx = mp.get_context("spawn")
         workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_chain_worker, [(job, c, init) for c in chains]))
+            results = list(pool.map(_chain_worker, [(job, c, init, fp) for c in chains]))
         samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
         stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
     else:
-        out = run_nuts(builder, data.arrays, settings, init, chains, vectorized=(method == "vectorized"))
+        out = run_nuts(builder, data.arrays, settings, init, chains, vectorized=(method == "vectorized"),
+                       checkpoint_dir=ck, fingerprint=fp)
         samples, stats = out["samples"], out["stats"]
     stats["_sampling_wall"] = np.asarray(time.perf_counter() - t0)
     log(f"sampling done in {float(stats['_sampling_wall']):.1f} s")
@@ -132,7 +208,10 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
     groups = list(data.groups)
     pnames = [r.id for r in builder.estimated]
     noise_names = list(dict.fromkeys(builder.noise_names))
-    posterior = {k: samples[k] for k in pnames + noise_names}
+    # natural-scale parameters from the latents (what the model's deterministic sites hold), [chain, draw, ...]
+    post_p, post_g, post_n = jax.jit(jax.vmap(builder.natural))(lat)
+    natural = {k: np.asarray(v).reshape((C, D) + np.shape(v)[1:]) for k, v in {**post_p, **post_g, **post_n}.items()}
+    posterior = {k: natural[k] for k in pnames + noise_names}
     pop_p, grp_p, noise_p = jax.vmap(builder.natural)(prior_lat)
     prior = {k: np.asarray(v)[None] for k, v in {**pop_p, **grp_p, **noise_p}.items()}
     unconstrained = {k: samples[k] for k in latent_names if not k.startswith("sigma_")}
@@ -145,7 +224,7 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
         "acceptance_rate": stats["accept_prob"],
         "lp": -stats["potential_energy"],
         "step_size": stats["adapt_state.step_size"],
-        "ode_failed": samples["ode_failed"].astype(np.int64) > 0,
+        "ode_failed": post["ode_failed"].reshape(C, D) > 0,  # the draw's ODE solve failed (it was never accepted)
     }
     m = data.measurements
     N = len(m)

@@ -75,6 +75,29 @@ class ModelBuilder:
         # values near zero, e.g. the first minutes of a clamp's glucose infusion, are not over-weighted)
         vals = data.measurements.assign(a=data.measurements["value"].abs()).groupby("observable_id")["a"].median()
         self.noise_floor = jnp.asarray([max(PROPORTIONAL_FLOOR, 0.1 * float(vals[o])) for o in data.observables])
+        self.stiffness = None  # StiffnessReport when ``solver.name == "auto"`` was resolved here
+        if solver.name == "auto":
+            self.stiffness = self._probe_stiffness()
+            self.solver = dataclasses.replace(solver, name=self.stiffness.chosen)
+
+    def _probe_stiffness(self, draws: int = 8, seed: int = 0):
+        """Measure the stiffness of every condition at the nominal parameters and ``draws`` prior draws (fixed seed,
+        so the choice is reproducible) and choose the solver (``model/stiffness.py``)."""
+        from ..model.stiffness import choose, probe
+
+        a = self.data.arrays
+        lat = self.prior_latents(jax.random.PRNGKey(seed), draws)
+
+        def params_of(one):
+            pop, grp, _ = self.natural(one)
+            return self.condition_params(pop, grp, a.cond_group)
+
+        drawn = jax.vmap(params_of)(lat)  # [D, C]
+        C = a.cond_group.shape[0]
+        nominal = {k: jnp.broadcast_to(jnp.asarray(r.nominal), (1, C)) for k, r in self.spec.params.items()}
+        params = {k: jnp.concatenate([nominal[k], drawn[k]]) for k in drawn}
+        rho, ok = probe(params, a.inputs, a.t1, self.data.active, self.solver)
+        return choose(self.solver, rho, ok, np.asarray(a.t1))
 
     # -- parameters -------------------------------------------------------------------------------------------
     def sample_latents(self) -> dict:

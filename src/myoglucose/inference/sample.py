@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -24,8 +25,8 @@ class SamplerSettings:
     chains: int = 4
     warmup: int = 500
     samples: int = 500
-    target_accept: float = 0.85
-    dense_mass: bool = False
+    target_accept: float = 0.9
+    dense_mass: bool = True
     max_tree_depth: int = 8
     init: str = "map"  # map | median
     map_starts: int = 4
@@ -34,6 +35,7 @@ class SamplerSettings:
     seed: int = 20261125
     progress: bool = True
     predictive_draws: int = 200  # draws for prior predictive
+    checkpoint_every: int = 100  # iterations (warmup included) between sampler checkpoints; 0: only after warmup
 
     def __post_init__(self):
         problems = []
@@ -49,6 +51,8 @@ class SamplerSettings:
             problems.append(f"sampler.init must be 'map' or 'median' (got {self.init!r})")
         if self.chain_method not in CHAIN_METHODS:
             problems.append(f"sampler.chain_method must be one of {CHAIN_METHODS} (got {self.chain_method!r})")
+        if self.checkpoint_every < 0:
+            problems.append(f"sampler.checkpoint_every must be >= 0 (got {self.checkpoint_every})")
         if self.map_starts < 1:
             problems.append(f"sampler.map_starts must be >= 1 (got {self.map_starts})")
         if problems:
@@ -124,44 +128,150 @@ def _lbfgs(vg, x, steps: int):
     return jnp.asarray(res.x), (val if val < 1e12 else np.inf)
 
 
-def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chain_ids: list[int],
-             vectorized: bool = False) -> dict[str, Any]:
-    """Run NUTS for the given chain ids (one MCMC per chain unless ``vectorized``). Returns numpy arrays
-    ``samples[site] -> [chain, draw, ...]`` and ``stats[field] -> [chain, draw]``."""
-    from numpyro.infer import MCMC, NUTS, init_to_median, init_to_value
+EXTRA_FIELDS = ("diverging", "num_steps", "energy", "accept_prob", "potential_energy", "adapt_state.step_size")
+
+
+def _stderr(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrides):
+    """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests)."""
+    from numpyro.infer import NUTS, init_to_median, init_to_value
 
     fwd = builder.solver.adjoint == "forward"
     strategy = init_to_value(values=init) if init is not None else init_to_median(num_samples=15)
-    kernel = NUTS(builder.model, target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
-                  max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
-    extra = ("diverging", "num_steps", "energy", "accept_prob", "potential_energy", "adapt_state.step_size")
+    kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
+              max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
+    kw.update(overrides)
+    return NUTS(builder.model, **kw)
+
+
+def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chain_ids: list[int],
+             vectorized: bool = False, checkpoint_dir=None, fingerprint: str = "",
+             **kernel_overrides) -> dict[str, Any]:
+    """Run NUTS for the given chain ids (one chain at a time unless ``vectorized``). Returns numpy arrays
+    ``samples[site] -> [chain, draw, ...]`` (latent sites) and ``stats[field] -> [chain, draw]``.
+
+    Chain ``c`` starts from ``fold_in(PRNGKey(seed), c)``; with ``checkpoint_dir`` its state is saved there every
+    ``settings.checkpoint_every`` iterations (and after warmup) and a matching checkpoint found there is resumed."""
+    from .checkpoint import chain_file
+
     out_s: dict[str, list] = {}
     out_t: dict[str, list] = {}
     runs = [chain_ids] if vectorized else [[c] for c in chain_ids]
     for ids in runs:
-        mcmc = MCMC(kernel, num_warmup=settings.warmup, num_samples=settings.samples, num_chains=len(ids),
-                    chain_method="vectorized" if len(ids) > 1 else "sequential",
-                    progress_bar=settings.progress, jit_model_args=False)
+        kernel = make_kernel(builder, settings, init, **kernel_overrides)  # fresh: NUTS.init mutates the kernel
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(settings.seed), c) for c in ids])
         t0 = time.perf_counter()
-        print(f"[{time.strftime('%H:%M:%S')}] chain(s) {ids}: compiling and sampling", flush=True,
-              file=__import__("sys").stderr)
-        mcmc.run(keys if len(ids) > 1 else keys[0], arrays, y=arrays.values, extra_fields=extra)
-        samples = jax.block_until_ready(mcmc.get_samples(group_by_chain=True))
-        stats = jax.block_until_ready(mcmc.get_extra_fields(group_by_chain=True))
+        _stderr(f"chain(s) {ids}: compiling and sampling")
+        res = sample_chains(kernel, (arrays,), {"y": arrays.values}, keys if len(ids) > 1 else keys[0],
+                            settings.warmup, settings.samples, checkpoint_every=settings.checkpoint_every,
+                            checkpoint=chain_file(checkpoint_dir, ids) if checkpoint_dir else None,
+                            fingerprint=fingerprint, progress=settings.progress, label=f"chain(s) {ids}")
+        samples, stats = res["samples"], res["stats"]
         elapsed = time.perf_counter() - t0
         div = int(np.asarray(stats["diverging"]).sum())
         steps = int(np.asarray(stats["num_steps"]).sum())
-        print(f"[{time.strftime('%H:%M:%S')}] chain(s) {ids}: {settings.warmup} warmup + {settings.samples} draws in "
-              f"{elapsed:.1f} s (incl. compile), {steps} gradient evaluations, {div} divergences", flush=True,
-              file=__import__("sys").stderr)
+        _stderr(f"chain(s) {ids}: {settings.warmup} warmup + {settings.samples} draws in {elapsed:.1f} s (incl. "
+                f"compile; {res['resumed_at']} iterations restored from a checkpoint), {steps} gradient evaluations "
+                f"after warmup, {div} divergences")
         for k, v in samples.items():
-            out_s.setdefault(k, []).append(np.asarray(v))
+            out_s.setdefault(k, []).append(v)
         for k, v in stats.items():
-            out_t.setdefault(k, []).append(np.asarray(v))
+            out_t.setdefault(k, []).append(v)
         out_t.setdefault("_elapsed", []).append(np.full((len(ids),), elapsed))
     return {"samples": {k: np.concatenate(v, axis=0) for k, v in out_s.items()},
             "stats": {k: np.concatenate(v, axis=0) for k, v in out_t.items()}}
+
+
+def _strong(tree):
+    """The same pytree with every leaf strongly typed (weak types would change the compiled step's signature between
+    the first and later iterations, and between a fresh and a resumed chain)."""
+    from jax import lax
+
+    return jax.tree.map(lambda x: lax.convert_element_type(x, jnp.result_type(x)), tree)
+
+
+def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: int, samples: int, *,
+                  extra_fields=EXTRA_FIELDS, checkpoint_every: int = 0, checkpoint=None, fingerprint: str = "",
+                  progress: bool = False, label: str = "chain", log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+    """``warmup + samples`` NUTS iterations of one chain (``key`` of shape [2]) or of chains vectorised in one
+    program (``key`` [C, 2]), one compiled kernel step per iteration.
+
+    This replaces ``numpyro.infer.MCMC.run`` (the same kernel calls, so the same Markov chain as MCMC with the same
+    key) so that a chain can stop and continue at any iteration: the compiled step does not depend on how many
+    iterations run between two checkpoints, so a fit that was killed and resumed from ``checkpoint`` gives
+    bit-identical draws to an uninterrupted one. Returns ``samples[site] -> [chain, draw, ...]`` (latent sites,
+    constrained; no deterministic sites), ``stats[field] -> [chain, draw]`` and ``resumed_at`` (iterations
+    restored)."""
+    from operator import attrgetter
+
+    from . import checkpoint as ckpt
+
+    vec = jnp.ndim(key) == 2
+    total = warmup + samples
+    state = _strong(kernel.init(key, warmup, None, model_args=model_args, model_kwargs=model_kwargs))
+    # latent sites on their constrained scale; deterministic sites are left out (they would replay the model, an ODE
+    # solve per draw and a compile of its own; build_tree computes what it needs from the latents)
+    pp = kernel.get_constrain_fn(model_args, model_kwargs, return_deterministic=False)
+    post = jax.jit(jax.vmap(pp) if vec else pp)
+    getters = {f: attrgetter(f) for f in extra_fields}
+
+    @jax.jit
+    def step(s):
+        s = _strong(kernel.sample(s, model_args, model_kwargs))
+        return s, {f: g(s) for f, g in getters.items()}
+
+    it, draws, stats = 0, {}, {}
+    if checkpoint is not None:
+        loaded = ckpt.load_state(checkpoint, state, fingerprint, log)
+        if loaded is not None:
+            n = max(0, loaded[1] - warmup)
+            if any(len(v) != n for v in (*loaded[2].values(), *loaded[3].values())):
+                log(f"{label}: ignoring checkpoint {checkpoint}: {loaded[1]} iterations but another number of draws")
+            else:
+                state, it, d, t = loaded
+                if it > total:  # fewer draws requested than checkpointed: the first ones are the same chain
+                    d, t, it = {k: v[:samples] for k, v in d.items()}, {k: v[:samples] for k, v in t.items()}, total
+                draws = {k: list(v) for k, v in d.items()}
+                stats = {k: list(v) for k, v in t.items()}
+                log(f"{label}: resuming after iteration {it} of {total} from {checkpoint}")
+    resumed_at = it
+
+    def stacked(lists):
+        return {k: np.stack(v) for k, v in lists.items()}
+
+    def save():
+        ckpt.save_state(checkpoint, state, it, stacked(draws), stacked(stats), fingerprint)
+
+    every_log = max(1, total // 20)
+    t0 = time.perf_counter()
+    while it < total:
+        state, st = step(state)
+        it += 1
+        if it > warmup:
+            z = post(state.z)
+            for k, v in z.items():
+                draws.setdefault(k, []).append(np.asarray(v))
+            for k, v in st.items():
+                stats.setdefault(k, []).append(np.asarray(v))
+        if checkpoint is not None and (it in (warmup, total) or (checkpoint_every and it % checkpoint_every == 0)):
+            save()
+        if progress and (it % every_log == 0 or it == total):
+            phase = "warmup" if it <= warmup else "sampling"
+            ss = np.asarray(state.adapt_state.step_size)
+            ndiv = int(np.sum(stats["diverging"])) if "diverging" in stats else 0
+            log(f"{label}: iteration {it}/{total} ({phase}), step size {np.round(ss, 4).tolist()}, {ndiv} divergences "
+                f"after warmup, {time.perf_counter() - t0:.1f} s")
+    out_d, out_t = stacked(draws), stacked(stats)
+    if vec:  # [draw, chain, ...] -> [chain, draw, ...]
+        out_d = {k: np.swapaxes(v, 0, 1) for k, v in out_d.items()}
+        out_t = {k: np.swapaxes(v, 0, 1) for k, v in out_t.items()}
+    else:
+        out_d = {k: v[None] for k, v in out_d.items()}
+        out_t = {k: v[None] for k, v in out_t.items()}
+    return {"samples": out_d, "stats": out_t, "resumed_at": resumed_at}
 
 
 def pointwise_draws(builder, arrays, latents: dict, key, batch: int = 50) -> dict[str, np.ndarray]:

@@ -37,22 +37,34 @@ def active_states(protocols: list[Protocol], insulin_kinetic: bool = True) -> tu
 
 
 def _reduced_field(active: tuple[str, ...]):
+    """The vector field on a flat array of the ``active`` states (in that order).
+
+    The solver sees one float64 vector, not a pytree of scalars: every Runge-Kutta stage combination, error norm and
+    Newton update is then one fused vector operation instead of one per state, which is most of a step's cost on CPU
+    for a system this small. The equations still work on the named ``State``."""
+
     def field(t, ya, args):
         p, u, cov, y0 = args
-        full = eqx.tree_at(lambda s: [getattr(s, n) for n in active], y0, [ya[n] for n in active])
+        full = eqx.tree_at(lambda s: [getattr(s, n) for n in active], y0, [ya[i] for i in range(len(active))])
         d = vector_field(t, full, (p, u, cov))
-        return {n: getattr(d, n) for n in active}
+        return jnp.stack([getattr(d, n) for n in active])
 
     return field
 
-SOLVERS = {"Kvaerno3": diffrax.Kvaerno3, "Kvaerno4": diffrax.Kvaerno4, "Kvaerno5": diffrax.Kvaerno5}
+
+IMPLICIT_SOLVERS = {"Kvaerno3": diffrax.Kvaerno3, "Kvaerno4": diffrax.Kvaerno4, "Kvaerno5": diffrax.Kvaerno5}
+EXPLICIT_SOLVERS = {"Tsit5": diffrax.Tsit5, "Dopri5": diffrax.Dopri5}
+SOLVERS = {**IMPLICIT_SOLVERS, **EXPLICIT_SOLVERS}
+# "auto": a fit measures the stiffness of its conditions (model/stiffness.py) and picks Tsit5 or Kvaerno5; anywhere
+# the choice has not been made (scenario simulations, behaviours) it means the implicit Kvaerno5.
+SOLVER_NAMES = ("auto", *SOLVERS)
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverSettings:
     """ODE solver settings (from the config's ``solver`` section)."""
 
-    name: str = "Kvaerno5"
+    name: str = "auto"  # auto | Kvaerno3/4/5 (implicit) | Tsit5, Dopri5 (explicit; only for non-stiff protocols)
     rtol: float = 1e-6
     atol: float = 1e-6
     max_steps: int = 4096
@@ -60,8 +72,8 @@ class SolverSettings:
     dt0: float = 0.05  # first step [min]
 
     def __post_init__(self):
-        if self.name not in SOLVERS:
-            raise ValueError(f"solver.name must be one of {sorted(SOLVERS)}, got {self.name!r}")
+        if self.name not in SOLVER_NAMES:
+            raise ValueError(f"solver.name must be one of {list(SOLVER_NAMES)}, got {self.name!r}")
         if not (0 < self.rtol < 1 and 0 < self.atol < 1):
             raise ValueError(f"solver tolerances must be in (0, 1), got rtol={self.rtol}, atol={self.atol}")
         if self.max_steps < 16:
@@ -97,7 +109,7 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
     y0, cov = basal_state(p, u)
     ts = jnp.asarray(ts)
     T = ts.shape
-    solver = SOLVERS[settings.name]()
+    solver = SOLVERS["Kvaerno5" if settings.name == "auto" else settings.name]()
     controller = diffrax.ClipStepSizeController(
         diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4, dtmax=120.0),
         step_ts=jnp.where(u.insulin_forced > 0.5, u.ins_t, u.t_break[0]),
@@ -107,8 +119,8 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
     term = diffrax.ODETerm(_reduced_field(active))
     starts = jnp.minimum(u.t_break, t1)
     ends = jnp.minimum(jnp.concatenate([u.t_break[1:], jnp.full((1,), jnp.inf)]), t1)
-    ya0 = {n: getattr(y0, n) for n in active}
-    out0 = {n: jnp.broadcast_to(v, T) for n, v in ya0.items()}
+    ya0 = jnp.stack([getattr(y0, n) for n in active])  # [A]
+    out0 = jnp.broadcast_to(ya0, T + ya0.shape)  # [T, A]
 
     def body(carry, k):
         y, out, ok, steps = carry
@@ -122,9 +134,9 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
             max_steps=settings.max_steps, throw=False, adjoint=adjoint,
         )
         in_seg = ((ts > a) & (ts <= b)) | ((k == 0) & (ts <= a))
-        take = in_seg & ~empty
-        out = {n: jnp.where(take, sol.ys[n][:-1], out[n]) for n in active}
-        y_next = {n: jnp.where(empty, y[n], sol.ys[n][-1]) for n in active}
+        take = (in_seg & ~empty)[:, None]
+        out = jnp.where(take, sol.ys[:-1], out)
+        y_next = jnp.where(empty, y, sol.ys[-1])
         ok = ok & (empty | (sol.result == diffrax.RESULTS.successful))
         steps = steps + jnp.where(empty, 0, sol.stats["num_steps"] + sol.stats.get("num_rejected_steps", 0))
         return (y_next, out, ok, steps), None
@@ -134,7 +146,7 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
     ys = eqx.tree_at(
         lambda s: [getattr(s, n) for n in STATE_NAMES],
         y0,
-        [out[n] if n in active else jnp.broadcast_to(getattr(y0, n), T) for n in STATE_NAMES],
+        [out[:, active.index(n)] if n in active else jnp.broadcast_to(getattr(y0, n), T) for n in STATE_NAMES],
     )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(ys)]))
     ok = ok & finite

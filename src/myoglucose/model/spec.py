@@ -199,7 +199,12 @@ def load_model(model_dir: str | Path) -> ModelSpec:
     myaml = model_dir / "model.yaml"
     if not myaml.exists():
         raise SpecError(str(myaml), None, None, "model variant has no model.yaml")
-    doc = yaml.safe_load(myaml.read_text()) or {}
+    try:
+        doc = yaml.safe_load(myaml.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(str(myaml), mark.line + 1 if mark is not None else None, None,
+                        f"invalid YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(doc, dict):
         raise SpecError(str(myaml), None, None, "model.yaml must be a mapping")
     unknown = set(doc) - MODEL_KEYS

@@ -5,6 +5,8 @@ Only :mod:`myoglucose.report.export` writes files.
 
 from myoglucose.report.export import save_figure, save_table
 from myoglucose.report.plots import (
+    data_summary,
+    plot_data_conditions,
     plot_data_overview,
     plot_forest_groups,
     plot_pairs,
@@ -15,8 +17,10 @@ from myoglucose.report.plots import (
 from myoglucose.report.tables import loo_compare, methods_paragraph, posterior_contraction, to_latex
 
 __all__ = [
+    "data_summary",
     "loo_compare",
     "methods_paragraph",
+    "plot_data_conditions",
     "plot_data_overview",
     "plot_forest_groups",
     "plot_pairs",

@@ -26,6 +26,8 @@ from myoglucose.diagnostics.convergence import SAMPLE_DIMS, iter_elements
 
 __all__ = [
     "OBSERVABLE_UNITS",
+    "data_summary",
+    "plot_data_conditions",
     "plot_data_overview",
     "plot_forest_groups",
     "plot_pairs",
@@ -447,20 +449,24 @@ def plot_prior_posterior(
     return fig
 
 
-def plot_data_overview(measurements_df: pd.DataFrame, *, ncols: int = 3) -> Figure:
-    """Tidy measurements (``measurements.tsv``) by dataset and observable, coloured by group.
 
-    One panel per (dataset_id, observable_id); one line per (subject_id, condition_id); error bars
-    from ``sd`` (else ``sem``) when present.
-    """
-    required = {"dataset_id", "observable_id", "group", "time_min", "value"}
+def _finite_measurements(measurements_df: pd.DataFrame, required: set[str]) -> pd.DataFrame:
+    """The rows of a tidy measurements table with a finite value and time (numeric); refuses missing columns."""
     missing = sorted(required - set(measurements_df.columns))
     if missing:
         raise ValueError(f"measurements table lacks column(s) {missing}")
     df = measurements_df.copy()
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     df["time_min"] = pd.to_numeric(df["time_min"], errors="coerce")
-    df = df[np.isfinite(df["value"]) & np.isfinite(df["time_min"])]
+    return df[np.isfinite(df["value"]) & np.isfinite(df["time_min"])]
+
+def plot_data_overview(measurements_df: pd.DataFrame, *, ncols: int = 3) -> Figure:
+    """Tidy measurements (``measurements.tsv``) by dataset and observable, coloured by group.
+
+    One panel per (dataset_id, observable_id); one line per (subject_id, condition_id); error bars
+    from ``sd`` (else ``sem``) when present.
+    """
+    df = _finite_measurements(measurements_df, {"dataset_id", "observable_id", "group", "time_min", "value"})
     keys = sorted(set(zip(df["dataset_id"].astype(str), df["observable_id"].astype(str), strict=True)))
     groups = sorted(df["group"].astype(str).unique())
     colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
@@ -496,3 +502,112 @@ def plot_data_overview(measurements_df: pd.DataFrame, *, ncols: int = 3) -> Figu
     fig.suptitle("Data overview")
     return fig
 
+
+
+def _error_bars(rows: pd.DataFrame) -> tuple[np.ndarray | None, str | None]:
+    """Reported spread of each value: ``sd`` if any is given, else ``sem``; NaN becomes no bar."""
+    for col in ("sd", "sem"):
+        if col in rows:
+            e = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+            if np.isfinite(e).any():
+                return np.where(np.isfinite(e), e, 0.0), col.upper()
+    return None, None
+
+
+def plot_data_conditions(measurements_df: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """The tidy measurements of one dataset as published: one panel per (observable, condition).
+
+    Rows are observables (y axis: value in its canonical unit from the ``unit`` column), columns are conditions
+    (x axis: time since the protocol origin, in min, h or days per condition); points are coloured by group, one
+    line per subject; error bars are the reported SD (else SEM). A condition without an observable shows an empty,
+    labelled panel. Panels: n_observables x n_conditions.
+    """
+    df = _finite_measurements(measurements_df, {"condition_id", "observable_id", "time_min", "value"})
+    if df.empty:
+        raise ValueError("measurements table has no finite values")
+    for col in ("condition_id", "observable_id"):
+        df[col] = df[col].astype(str)
+    df["group"] = df["group"].astype(str) if "group" in df else "all"
+    df["subject_id"] = df["subject_id"].astype(str) if "subject_id" in df else df["group"]
+    observables = list(dict.fromkeys(df["observable_id"]))
+    conditions = list(dict.fromkeys(df["condition_id"]))
+    groups = list(dict.fromkeys(df["group"]))
+    colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    fig = Figure(figsize=(3.4 * len(conditions), 2.5 * len(observables) + 0.6), layout="constrained")
+    axs = fig.subplots(len(observables), len(conditions), squeeze=False, sharey="row")
+    for i, obs_id in enumerate(observables):
+        unit = None
+        if "unit" in df:
+            units = df.loc[df["observable_id"] == obs_id, "unit"].dropna().astype(str).unique()
+            unit = units[0] if len(units) else None
+        labelled = False
+        for j, cond in enumerate(conditions):
+            ax = axs[i, j]
+            in_cond = df[df["condition_id"] == cond]
+            factor, tunit = _time_scale(float(in_cond["time_min"].abs().max()))
+            if i == 0:
+                ax.set_title(f"{cond}\n({', '.join(dict.fromkeys(in_cond['group']))})", fontsize=9)
+            sub = in_cond[in_cond["observable_id"] == obs_id]
+            if sub.empty:
+                ax.text(0.5, 0.5, f"{obs_id}\nnot measured", ha="center", va="center", color="0.5", fontsize=8,
+                        transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
+            for (group, _subject), rows in sub.groupby(["group", "subject_id"], sort=False):
+                rows = rows.sort_values("time_min", kind="stable")
+                err, _ = _error_bars(rows)
+                ax.errorbar(rows["time_min"].to_numpy(dtype=float) / factor, rows["value"].to_numpy(dtype=float),
+                            yerr=err, fmt="o-", ms=3, lw=0.7, elinewidth=0.6, capsize=1.5, color=colors[group],
+                            alpha=0.9)
+            ax.set_xlabel(f"time [{tunit}]", fontsize=8)
+            ax.tick_params(labelsize=7, labelleft=True)
+            if not labelled:
+                ax.set_ylabel(_unit_label(obs_id, unit or OBSERVABLE_UNITS.get(obs_id)), fontsize=8)
+                labelled = True
+    spread = sorted({lab for _, lab in (_error_bars(r) for _, r in df.groupby("observable_id")) if lab})
+    handles = [Line2D([], [], color=colors[g], marker="o", label=g) for g in groups]
+    fig.legend(handles=handles, title="group" + (f" (error bars: {', '.join(spread)})" if spread else ""),
+               loc="outside lower center", ncols=min(len(handles), 6), fontsize=8, title_fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+DATA_SUMMARY_COLUMNS = ["condition", "group", "subject", "observable", "unit", "n_values", "time_first_min",
+                        "time_last_min", "n_subjects", "spread", "value_min", "value_max", "source"]
+
+
+def data_summary(measurements_df: pd.DataFrame, provenance_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (condition, subject, observable): how many values, time span, unit, reported n (subjects behind a
+    group mean), which spread was reported (SD, SEM or none), value range and the source (figure/table of the
+    publication from ``provenance.tsv`` when given, else the ``source_id``)."""
+    df = measurements_df.copy()
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    df["time_min"] = pd.to_numeric(df["time_min"], errors="coerce")
+    for col in ("group", "subject_id", "unit", "source_id"):
+        if col not in df:
+            df[col] = ""
+    where = {}
+    if provenance_df is not None and {"source_id", "figure_or_table"} <= set(provenance_df.columns):
+        where = dict(zip(provenance_df["source_id"].astype(str), provenance_df["figure_or_table"].astype(str),
+                         strict=True))
+    rows = []
+    keys = ["condition_id", "group", "subject_id", "observable_id"]
+    for (cond, group, subject, obs_id), sub in df.groupby(keys, sort=False, dropna=False):
+        _, spread = _error_bars(sub)
+        n = pd.to_numeric(sub["n"], errors="coerce").dropna() if "n" in sub else pd.Series(dtype=float)
+        sources = list(dict.fromkeys(sub["source_id"].astype(str)))
+        rows.append({
+            "condition": str(cond), "group": str(group), "subject": str(subject), "observable": str(obs_id),
+            "unit": ", ".join(dict.fromkeys(sub["unit"].dropna().astype(str))),
+            "n_values": int(sub["value"].notna().sum()),
+            "time_first_min": float(sub["time_min"].min()), "time_last_min": float(sub["time_min"].max()),
+            "n_subjects": int(n.max()) if len(n) else pd.NA,
+            "spread": spread or "none",
+            "value_min": float(sub["value"].min()), "value_max": float(sub["value"].max()),
+            "source": "; ".join(where.get(s, s) for s in sources),
+        })
+    out = pd.DataFrame(rows, columns=DATA_SUMMARY_COLUMNS)
+    out["n_subjects"] = out["n_subjects"].astype("Int64")
+    return out

@@ -24,8 +24,11 @@ __all__ = [
     "CONTRACTION_COLUMNS",
     "LOO_COLUMNS",
     "loo_compare",
+    "PRIOR_COLUMNS",
     "methods_paragraph",
     "posterior_contraction",
+    "prior_table",
+    "provenance_markdown",
     "to_latex",
 ]
 
@@ -43,6 +46,8 @@ LOO_COLUMNS = [
     "n_data_points",
 ]
 PARETO_K_BAD = 0.7
+PRIOR_COLUMNS = ["parameter", "unit", "level", "prior", "location", "scale", "lower", "upper", "distribution",
+                 "reference"]
 
 
 def _dataset(tree: xr.DataTree, group: str) -> xr.Dataset:
@@ -92,7 +97,7 @@ def loo_compare(trees: Mapping[str, xr.DataTree], var_name: str = "obs") -> pd.D
     """
     if not trees:
         raise ValueError("no models to compare")
-    loos = {name: azs.loo(tree, pointwise=True, var_name=var_name) for name, tree in trees.items()}
+    loos = {name: _loo(tree, var_name) for name, tree in trees.items()}
     # NaN k (failed fit of the tail) counts as bad too
     n_bad = {
         name: int((~(np.asarray(res.pareto_k, dtype=float) <= PARETO_K_BAD)).sum())
@@ -131,6 +136,120 @@ def loo_compare(trees: Mapping[str, xr.DataTree], var_name: str = "obs") -> pd.D
     df["n_pareto_k_gt_0_7"] = [n_bad[m] for m in df["model"]]
     df["n_data_points"] = [int(loos[m].n_data_points) for m in df["model"]]
     return df[LOO_COLUMNS].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ priors
+def _g(x: float) -> str:
+    return f"{float(x):.4g}"
+
+
+def prior_table(
+    parameters: pd.DataFrame,
+    noise_priors: Mapping[str, float] | None = None,
+    noise_kinds: Mapping[str, str] | None = None,
+    units: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The priors of the estimated parameters, one row each, then the noise scales.
+
+    ``parameters`` is a PEtab-like table (``models/<variant>/parameters.tsv`` columns: parameterId, unit, priorType,
+    priorLoc, priorScale, lowerBound, upperBound, estimate, level, reference). Log-normal priors are written with
+    their median (``priorLoc``) and the sd of the log (``priorScale``); group-level parameters are hierarchical and
+    non-centred as in ``inference/numpyro_model.py``: ``log theta_g = log(loc) + scale * z_mu + omega * z_g`` with
+    ``z ~ Normal(0, 1)`` and ``omega ~ HalfNormal(scale / 2)`` (one value per group). ``noise_priors`` maps each
+    noise scale ``sigma_<observable>`` to its half-normal scale, ``noise_kinds`` to its noise model (normal,
+    proportional, lognormal) and ``units`` to its unit.
+    """
+    p = parameters
+    if "estimate" in p:
+        p = p[pd.to_numeric(p["estimate"], errors="coerce").fillna(0).astype(int) == 1]
+    rows = []
+    for rec in p.to_dict("records"):
+        prior = str(rec.get("priorType", ""))
+        loc, scale = float(rec.get("priorLoc", math.nan)), float(rec.get("priorScale", math.nan))
+        level = str(rec.get("level", "population"))
+        if prior == "lognormal":
+            dist = f"LogNormal(log {_g(loc)}, {_g(scale)})"
+        elif prior == "normal":
+            dist = f"Normal({_g(loc)}, {_g(scale)})"
+        else:
+            dist = f"{prior}({_g(loc)}, {_g(scale)})"
+        if level == "group":
+            link = "log " if prior == "lognormal" else ""
+            dist = (f"per group: {link}theta_g = {link}{_g(loc)} + {_g(scale)} z_mu + omega z_g, z ~ Normal(0, 1), "
+                    f"omega ~ HalfNormal({_g(scale / 2)})")
+        rows.append({
+            "parameter": str(rec.get("parameterId")), "unit": str(rec.get("unit", "")), "level": level,
+            "prior": prior, "location": loc, "scale": scale,
+            "lower": float(rec.get("lowerBound", math.nan)), "upper": float(rec.get("upperBound", math.nan)),
+            "distribution": dist, "reference": str(rec.get("reference", "")),
+        })
+    for name, s in (noise_priors or {}).items():
+        kind = (noise_kinds or {}).get(name, "")
+        rows.append({
+            "parameter": name, "unit": (units or {}).get(name, ""), "level": "noise", "prior": "halfnormal",
+            "location": 0.0, "scale": float(s), "lower": 0.0, "upper": math.inf,
+            "distribution": f"HalfNormal({_g(s)})" + (f", {kind} noise" if kind else ""), "reference": "",
+        })
+    return pd.DataFrame(rows, columns=PRIOR_COLUMNS)
+
+
+def _priors_detail(priors: pd.DataFrame) -> str:
+    """One sentence naming every prior of :func:`prior_table`."""
+    par = priors[priors["level"] != "noise"]
+    noise = priors[priors["level"] == "noise"]
+    items = []
+    for r in par.itertuples(index=False):
+        unit = f" {r.unit}" if r.unit and r.unit != "1" else ""
+        if r.prior == "lognormal":
+            d = f"log-normal with median {_g(r.location)}{unit} and log-sd {_g(r.scale)}"
+        elif r.prior == "normal":
+            d = f"normal with mean {_g(r.location)}{unit} and sd {_g(r.scale)}"
+        else:
+            d = f"{r.prior} ({_g(r.location)}, {_g(r.scale)})"
+        items.append(f"{r.parameter} ({'per group, ' if r.level == 'group' else ''}{d})")
+    text = ""
+    if items:
+        text = "Priors (natural scale): " + "; ".join(items) + "."
+    group = par[par["level"] == "group"]
+    if len(group):
+        if (group["prior"] == "lognormal").all():
+            link, sd = "log theta_g = log(median)", "log-sd"
+        else:
+            link, sd = "theta_g (log theta_g for log-normal priors) = location", "scale"
+        text += (f" Group-level parameters are hierarchical and non-centred: {link} + s z_mu + omega z_g with "
+                 f"z ~ N(0, 1) and a between-group spread omega ~ HalfNormal(s/2), s the prior {sd}.")
+    if len(noise):
+        text += " Noise scales: " + "; ".join(
+            f"{r.parameter} ~ HalfNormal({_g(r.scale)})" for r in noise.itertuples(index=False)) + "."
+    return text.strip()
+
+
+def _loo(tree: xr.DataTree, var_name: str):
+    """``arviz_stats.loo`` that also works when some observations have the same log-likelihood in every draw.
+
+    Such an observation does not depend on the parameters (for example a glucose infusion rate of zero at the start
+    of a clamp under proportional noise with a floor): its leave-one-out density is exactly its likelihood, its
+    importance weights are exactly uniform, but the Pareto fit of PSIS fails on a constant tail ("All tail values
+    are the same"). PSIS is run on the other observations; the constant ones get uniform log weights and k = 0.
+    """
+    ll = _dataset(tree, "log_likelihood")[var_name]
+    sample_dims = [d for d in ("chain", "draw") if d in ll.dims]
+    obs_dims = [d for d in ll.dims if d not in sample_dims]
+    spread = (ll.max(sample_dims) - ll.min(sample_dims)).values
+    const = np.asarray(spread < 1e-12 * np.maximum(1.0, np.abs(ll.mean(sample_dims).values)))
+    if not const.any() or len(obs_dims) != 1:
+        return azs.loo(tree, pointwise=True, var_name=var_name)
+    dim = obs_dims[0]
+    keep = np.flatnonzero(~const)
+    reduced = tree.copy()
+    reduced["log_likelihood"] = xr.DataTree(_dataset(tree, "log_likelihood")[[var_name]].isel({dim: keep}))
+    part = azs.loo(reduced, pointwise=True, var_name=var_name)
+    n_samples = int(np.prod([ll.sizes[d] for d in sample_dims]))
+    log_weights = xr.full_like(ll, -math.log(n_samples), dtype=float)
+    log_weights[{dim: keep}] = part.log_weights.transpose(*ll.dims).values
+    pareto_k = xr.zeros_like(ll.isel({d: 0 for d in sample_dims}, drop=True), dtype=float)
+    pareto_k[{dim: keep}] = np.asarray(part.pareto_k.transpose(dim).values, dtype=float)
+    return azs.loo(tree, pointwise=True, var_name=var_name, log_weights=log_weights, pareto_k=pareto_k)
 
 
 # ----------------------------------------------------------------------------------------- LaTeX
@@ -208,6 +327,8 @@ _SAMPLER_ALIASES = {
     "chain_method": ("chain_method",),
 }
 _PACKAGES = ("myoglucose", "jax", "diffrax", "numpyro", "arviz")
+# named in the paragraph only when the fit recorded them
+_MORE_PACKAGES = ("jaxlib", "equinox", "lineax", "arviz-stats", "numpy", "scipy", "xarray", "snakemake")
 
 
 def _config(config_yaml: Any) -> dict[str, Any]:
@@ -324,6 +445,7 @@ def methods_paragraph(
     *,
     parameters: pd.DataFrame | None = None,
     n_measurements: int | None = None,
+    priors: pd.DataFrame | None = None,
 ) -> str:
     """A methods paragraph from the posterior's root attrs (ARCHITECTURE.md section 4) and sampler settings.
 
@@ -333,6 +455,7 @@ def methods_paragraph(
     of the ``config_yaml`` attr.  ``parameters`` (a PEtab-like ``parameters.tsv`` table) gives the
     parameter and prior summary.  Package versions come from the attrs ``package_versions`` (JSON) or
     ``<package>_version``; if absent, the versions installed now are used and the text says so.
+    ``priors`` (:func:`prior_table`) adds the prior of every estimated parameter and noise scale.
     """
     attrs = dict(tree_attrs)
     cfg = _config(attrs.get("config_yaml"))
@@ -351,6 +474,8 @@ def methods_paragraph(
     prior_txt = _priors_sentence(parameters, settings.get("n_parameters"), settings.get("n_groups"))
     if prior_txt:
         sentences.append(prior_txt[0].upper() + prior_txt[1:])
+    if priors is not None and len(priors):
+        sentences.append(_priors_detail(priors))
 
     solver = attrs.get("solver")
     if solver:
@@ -361,11 +486,37 @@ def methods_paragraph(
             tol.append(f"absolute tolerance {float(attrs['atol']):g}")
         if solver_cfg.get("max_steps") is not None:
             tol.append(f"at most {int(solver_cfg['max_steps'])} steps per solve")
+        if solver_cfg.get("dt0") is not None:
+            tol.append(f"first step {float(solver_cfg['dt0']):g} min")
         sentences.append(
-            f"The ODEs were integrated with the {solver} solver of diffrax"
+            f"The ODEs were integrated in float64 with the {solver} solver of diffrax"
+            + (" and PID step-size control" if tol else "")
             + (f" ({', '.join(tol)})" if tol else "")
-            + "."
+            + ", piecewise between the protocol's input discontinuities, from each subject's basal steady state."
         )
+        choice = attrs.get("solver_choice")
+        if choice:
+            try:
+                c = json.loads(choice) if isinstance(choice, str) else dict(choice)
+                sentences.append(
+                    f"The solver was chosen by measuring stiffness before sampling: the largest spectral radius of "
+                    f"the Jacobian along every condition's protocol, at the nominal parameters and 8 prior draws, was "
+                    f"{float(c['rho_max_per_min']):.3g}/min over {float(c['horizon_min']):.0f} min, so explicit "
+                    f"stability needs about {float(c['stability_steps']):.0f} steps ({c['reason']}).")
+            except (ValueError, KeyError, TypeError):
+                pass
+        choice = _json_attr(attrs.get("solver_choice"))
+        if str(attrs.get("solver_requested", "")) == "auto":
+            why = f" ({choice['reason']})" if isinstance(choice, Mapping) and choice.get("reason") else ""
+            sentences.append(f"The solver was chosen automatically from a stiffness probe of the data's "
+                             f"conditions{why}.")
+        adjoint = solver_cfg.get("adjoint")
+        if adjoint:
+            how = {"sensitivity": "forward sensitivities of the estimated ODE parameters inside a custom "
+                                  "vector-Jacobian product",
+                   "forward": "forward-mode differentiation through the solver",
+                   "reverse": "reverse-mode differentiation through the solver (recursive checkpointing)"}
+            sentences.append(f"Gradients of the log density used {how.get(str(adjoint), str(adjoint))}.")
 
     chains, warmup, draws = _pick(settings, "chains"), _pick(settings, "warmup"), _pick(settings, "draws")
     nuts = "Posterior samples were drawn with the No-U-Turn Sampler (NUTS) of NumPyro"
@@ -401,12 +552,16 @@ def methods_paragraph(
 
     seed = attrs.get("seed")
     if seed is not None:
-        sentences.append(f"The random seed was {seed}.")
+        sentences.append(
+            f"The random seed was {seed}; the MAP starting points, every chain and the prior predictive draws "
+            "derive from it deterministically."
+        )
 
     versions, fell_back = _package_versions(attrs, settings)
     if attrs.get("myoglucose_version") is not None:
         versions["myoglucose"] = str(attrs["myoglucose_version"])
-    ver_txt = ", ".join(f"{pkg} {versions[pkg]}" for pkg in _PACKAGES if pkg in versions)
+    shown = [*_PACKAGES, *(p for p in _MORE_PACKAGES if p in versions)]
+    ver_txt = ", ".join(f"{pkg} {versions[pkg]}" for pkg in shown if pkg in versions)
     sentences.append(
         f"Software: {ver_txt}"
         + (" (versions installed when this report was generated)" if fell_back else "")
@@ -430,3 +585,29 @@ def methods_paragraph(
     elif isinstance(checks, str) and checks:
         sentences.append(f"SHA-256 checksum of the input data: {checks}.")
     return " ".join(sentences)
+
+
+def provenance_markdown(tree_attrs: Mapping[str, Any]) -> str:
+    """Markdown list of everything needed to reproduce a fit, in full: git commit, seed, creation time, package
+    versions, and the SHA-256 of every data and model file (the root attributes of ``posterior.nc``)."""
+    attrs = dict(tree_attrs)
+    lines = ["## Provenance", ""]
+    for key, label in (("model_variant", "model variant"), ("dataset_id", "dataset"), ("git_commit", "git commit"),
+                       ("seed", "seed"), ("created_utc", "fit created (UTC)"), ("backend", "JAX backend"),
+                       ("solver", "solver"), ("solver_requested", "solver requested"),
+                       ("solver_choice", "solver choice"), ("rtol", "rtol"), ("atol", "atol")):
+        if attrs.get(key) not in (None, ""):
+            lines.append(f"- {label}: `{attrs[key]}`")
+    versions = _json_attr(attrs.get("package_versions"))
+    if isinstance(versions, Mapping) and versions:
+        lines += ["", "Package versions:", ""]
+        lines += [f"- {k} {v}" for k, v in sorted(versions.items())]
+    for key, label in (("data_sha256", "Data files (SHA-256)"), ("model_sha256", "Model files (SHA-256)")):
+        sums = _json_attr(attrs.get(key))
+        if isinstance(sums, Mapping) and sums:
+            lines += ["", f"{label}:", ""]
+            lines += [f"- `{name}`: `{digest}`" for name, digest in sorted(sums.items())]
+    sampler = _json_attr(attrs.get("sampler_settings"))
+    if isinstance(sampler, Mapping) and sampler:
+        lines += ["", "Sampler settings: " + ", ".join(f"{k}={v}" for k, v in sorted(sampler.items()))]
+    return "\n".join(lines) + "\n"

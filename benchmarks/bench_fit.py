@@ -1,0 +1,326 @@
+"""Benchmark of the fit's log density: solvers side by side, accuracy against a tight reference, scaling in N
+subjects, compile time cold and warm (not a test).
+
+    python benchmarks/bench_fit.py --out benchmarks/out/fit.json
+
+Sections (each can be chosen with ``--sections``):
+
+* ``density``: for every ``--cases`` entry ``model:dataset`` (tidy tables from ``myoglucose prepare``, made on the fly
+  into a temporary folder), the NumPyro potential (negative log density) and its gradient on the unconstrained space,
+  for each solver of ``--solvers`` plus what ``auto`` chooses (model/stiffness.py): forward (potential only),
+  gradient in the production ``sensitivity`` mode and in ``reverse`` mode; warm median of ``--repeats`` runs at
+  perturbed points, each stopped after ``jax.block_until_ready``; first-call cost (trace + compile, in-process cache
+  off); solver steps per condition; and the largest |difference| of the log density from a reference solve
+  (Kvaerno5, rtol = atol = 1e-10) at the same points, so that speed never buys a wrong posterior.
+* ``scaling``: a synthetic cohort (``cohort.simulate_cohort``, models/core, the Katz clamp protocol, kinetic insulin)
+  of N subjects, each its own group, so the hierarchy runs over subjects; gradient cost and peak resident memory
+  (one subprocess per N).
+* ``compile``: cold (empty persistent cache) and warm (second process, same cache) time to the first gradient of the
+  first case, in fresh processes.
+
+Writes JSON (``--out``) and a markdown summary next to it naming the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import cpu_model  # noqa: E402  (the machine description, shared by the benchmarks)
+REFERENCE = {"name": "Kvaerno5", "rtol": 1e-10, "atol": 1e-10, "max_steps": 100000}
+
+
+def _setup(cache_dir: str | None = None):
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
+    os.environ.setdefault("MYOGLUCOSE_ROOT", str(ROOT))
+    from myoglucose import runtime
+
+    runtime.configure("cpu", cache_dir)
+
+
+def _tidy(dataset: str, work: Path) -> Path:
+    out = work / "tidy" / dataset
+    if not (out / "measurements.tsv").exists():
+        subprocess.run([sys.executable, "-m", "myoglucose.cli", "prepare", "--dataset-dir", str(ROOT / "data" / dataset),
+                        "--out-dir", str(out)], check=True, capture_output=True, cwd=ROOT)
+    return out
+
+
+def _problem(model: str, tidy: Path, solver: dict):
+    from myoglucose.inference.fit import FitJob, load_problem
+
+    return load_problem(FitJob(tidy_dir=str(tidy), model_dir=str(ROOT / "models" / model), repo_root=str(ROOT),
+                               solver=solver, sampler={}))
+
+
+def _density_programs(builder, arrays):
+    """(potential, value_and_grad, flat init point) on the unconstrained space, as NUTS sees it."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer import init_to_median
+    from numpyro.infer.util import initialize_model
+
+    info = initialize_model(jax.random.PRNGKey(0), builder.model, model_args=(arrays,),
+                            model_kwargs={"y": arrays.values}, init_strategy=init_to_median(num_samples=5))
+    x0, unravel = ravel_pytree(info.param_info.z)
+
+    def pot(x):
+        return info.potential_fn(unravel(x))
+
+    return pot, x0
+
+
+def _time(fn, xs, repeats):
+    import jax
+
+    out = []
+    for i in range(repeats):
+        x = xs[i % len(xs)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out), min(out)
+
+
+def bench_density(case: str, solvers: list[str], repeats: int, work: Path, base_solver: dict) -> dict:
+    import jax
+    import numpy as np
+    from numpyro.infer import init_to_median
+    from numpyro.infer.util import constrain_fn, initialize_model
+
+    from myoglucose.inference.numpyro_model import ModelBuilder
+    from myoglucose.model.simulate import SolverSettings
+
+    model, dataset = case.split(":")
+    tidy = _tidy(dataset, work)
+    spec, data, auto_builder = _problem(model, tidy, {**base_solver, "name": "auto"})
+    arrays = data.arrays
+    res = {"model": model, "dataset": dataset, "conditions": len(data.conditions),
+           "measurements": int(arrays.values.shape[0]), "active_states": len(data.active),
+           "estimated_parameters": len(auto_builder.estimated), "groups": len(data.groups),
+           "auto": auto_builder.stiffness.as_dict(), "solvers": {}}
+    ref = ModelBuilder(spec, data, SolverSettings.from_dict({**base_solver, **REFERENCE}))
+    ref_pot, x0 = _density_programs(ref, arrays)
+    rng = np.random.default_rng(0)
+    xs = [x0] + [x0 + 0.1 * rng.standard_normal(x0.shape) for _ in range(4)]
+    ref_vals = np.array([float(jax.jit(ref_pot)(x)) for x in xs])
+    for name in solvers:
+        entry = {}
+        for mode in ("sensitivity", "reverse"):
+            settings = SolverSettings.from_dict({**base_solver, "name": name, "adjoint": mode})
+            b = ModelBuilder(spec, data, settings)
+            pot, _ = _density_programs(b, arrays)
+            progs = {"potential": jax.jit(pot), "value_and_grad": jax.jit(jax.value_and_grad(pot))}
+            if mode == "reverse":
+                progs.pop("potential")
+            for key, fn in progs.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(x0))
+                first = time.perf_counter() - t0
+                med, mn = _time(fn, xs, repeats)
+                entry[f"{key}_{mode}" if key != "potential" else key] = {"first_call_s": first, "median_s": med,
+                                                                         "min_s": mn}
+            if mode == "sensitivity":
+                vals = np.array([float(progs["potential"](x)) for x in xs])
+                entry["max_abs_logdensity_error_vs_reference"] = float(np.max(np.abs(vals - ref_vals)))
+                info = initialize_model(jax.random.PRNGKey(0), b.model, model_args=(arrays,),
+                                        model_kwargs={"y": arrays.values},
+                                        init_strategy=init_to_median(num_samples=5))
+                zc = constrain_fn(b.model, (arrays,), {"y": arrays.values}, info.param_info.z)
+                pop, grp, _ = b.natural(zc)
+                _, ok, steps = jax.jit(lambda: b.predict_means(b.condition_params(pop, grp, arrays.cond_group),
+                                                               arrays))()
+                entry["steps_per_condition"] = [int(s) for s in np.asarray(steps)]
+                entry["ok"] = bool(np.all(np.asarray(ok)))
+        p = entry["potential"]["median_s"]
+        entry["ratio_grad_sensitivity_over_potential"] = entry["value_and_grad_sensitivity"]["median_s"] / p
+        entry["ratio_grad_reverse_over_potential"] = entry["value_and_grad_reverse"]["median_s"] / p
+        res["solvers"][name] = entry
+        print(f"[bench] {case} {name}: potential {p * 1e3:.2f} ms, grad (sensitivity) "
+              f"{entry['value_and_grad_sensitivity']['median_s'] * 1e3:.2f} ms, grad (reverse) "
+              f"{entry['value_and_grad_reverse']['median_s'] * 1e3:.2f} ms, steps {entry['steps_per_condition']}, "
+              f"|dlogp| vs reference {entry['max_abs_logdensity_error_vs_reference']:.2e}", flush=True)
+    return res
+
+
+def one_scaling(n: int, repeats: int, base_solver: dict) -> dict:
+    """Gradient cost of the hierarchical log density for an N-subject synthetic cohort (run in its own process)."""
+    import jax
+    import numpy as np
+
+    from myoglucose.cohort import simulate_cohort
+    from myoglucose.inference.arrays import build_fit_data
+    from myoglucose.inference.numpyro_model import ModelBuilder
+    from myoglucose.model.simulate import SolverSettings
+    from myoglucose.model.spec import load_model
+
+    spec = load_model(ROOT / "models/core")
+    times = np.arange(0.0, 241.0, 20.0)
+    coh = simulate_cohort(spec, str(ROOT / "protocols/katz2000_clamp_120.yaml"), n, 1, ["cohort"],
+                          ["glucose_plasma", "insulin_plasma", "gir"], times, solver=base_solver)
+    conds = coh.conditions.assign(group=coh.conditions["subject_id"])  # every subject its own group
+    meas = coh.measurements.assign(group=coh.measurements["subject_id"])
+    data = build_fit_data(meas, conds, ROOT, set(spec.observables))
+    t0 = time.perf_counter()
+    b = ModelBuilder(spec, data, SolverSettings.from_dict({**base_solver, "name": "auto"}))
+    probe_s = time.perf_counter() - t0
+    pot, x0 = _density_programs(b, data.arrays)
+    vg = jax.jit(jax.value_and_grad(pot))
+    t0 = time.perf_counter()
+    jax.block_until_ready(vg(x0))
+    first = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    xs = [x0 + 0.05 * rng.standard_normal(x0.shape) for _ in range(3)]
+    med, mn = _time(vg, xs, repeats)
+    return {"n_subjects": n, "latent_dim": int(x0.shape[0]), "measurements": int(data.arrays.values.shape[0]),
+            "solver": b.solver.name, "stiffness_probe_s": probe_s, "first_call_s": first,
+            "grad_median_s": med, "grad_min_s": mn,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def one_compile(case: str, work: Path, base_solver: dict) -> dict:
+    import jax
+
+    model, dataset = case.split(":")
+    t0 = time.perf_counter()
+    _, data, b = _problem(model, _tidy(dataset, work), {**base_solver, "name": "auto"})
+    t_probe = time.perf_counter() - t0
+    pot, x0 = _density_programs(b, data.arrays)
+    t0 = time.perf_counter()
+    jax.block_until_ready(jax.jit(jax.value_and_grad(pot))(x0))
+    return {"stiffness_probe_s": t_probe, "first_gradient_s": time.perf_counter() - t0, "solver": b.solver.name}
+
+
+def _subprocess_json(args: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, **(env or {})})
+    if out.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = ["# myoglucose fit benchmark", "",
+             f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, load average (1/5/15 min) at start "
+             f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end "
+             f"{'/'.join(f'{x:.1f}' for x in m['loadavg_end'])}; Python {m['python']}, jax {m['jax']}, "
+             f"diffrax {m['diffrax']}, numpyro {m['numpyro']}, backend {m['backend']}.", "",
+             f"Solver tolerances: rtol {res['base_solver'].get('rtol')}, atol {res['base_solver'].get('atol')} "
+             f"(config/config.yaml); reference for the accuracy column: Kvaerno5 at rtol = atol = 1e-10.", ""]
+    if res.get("density"):
+        lines += ["## Log density per fit (potential and gradient on the unconstrained space, warm medians)", "",
+                  "| fit | states | conditions | auto chooses (rho max, stability steps) | solver | steps/condition | "
+                  "potential (ms) | grad sensitivity (ms) | grad reverse (ms) | grad/potential | |dlogp| vs ref | "
+                  "first call potential / grad (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in res["density"]:
+            a = c["auto"]
+            for name, e in c["solvers"].items():
+                lines.append(
+                    f"| {c['model']}:{c['dataset']} | {c['active_states']} | {c['conditions']} | {a['chosen']} "
+                    f"({a['rho_max_per_min']:.2f}/min, {a['stability_steps']:.0f}) | {name} | "
+                    f"{'/'.join(map(str, e['steps_per_condition']))} | {e['potential']['median_s'] * 1e3:.2f} | "
+                    f"{e['value_and_grad_sensitivity']['median_s'] * 1e3:.2f} | "
+                    f"{e['value_and_grad_reverse']['median_s'] * 1e3:.2f} | "
+                    f"{e['ratio_grad_sensitivity_over_potential']:.1f} | "
+                    f"{e['max_abs_logdensity_error_vs_reference']:.1e} | {e['potential']['first_call_s']:.1f} / "
+                    f"{e['value_and_grad_sensitivity']['first_call_s']:.1f} |")
+        lines.append("")
+    if res.get("scaling"):
+        base = res["scaling"][0]["grad_median_s"]
+        lines += ["## Scaling of the hierarchical gradient with subjects (core, 4-h clamp, each subject its own group)",
+                  "", "| N subjects | latent dim | solver | gradient (ms) | x N=1 | per subject (ms) | first call (s) | "
+                  "peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+        for s in res["scaling"]:
+            lines.append(f"| {s['n_subjects']} | {s['latent_dim']} | {s['solver']} | {s['grad_median_s'] * 1e3:.1f} | "
+                         f"{s['grad_median_s'] / base:.1f} | {s['grad_median_s'] * 1e3 / s['n_subjects']:.2f} | "
+                         f"{s['first_call_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+        lines.append("")
+    if res.get("compile"):
+        c = res["compile"]
+        lines += ["## Compile time to the first gradient (fresh processes)", "",
+                  f"Case {c['case']}: cold (empty persistent cache) stiffness probe {c['cold']['stiffness_probe_s']:.1f} s"
+                  f" + first gradient {c['cold']['first_gradient_s']:.1f} s; warm (same cache, new process) "
+                  f"{c['warm']['stiffness_probe_s']:.1f} s + {c['warm']['first_gradient_s']:.1f} s.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/out/fit.json"))
+    ap.add_argument("--sections", nargs="*", default=["density", "scaling", "compile"],
+                    choices=["density", "scaling", "compile"])
+    ap.add_argument("--cases", nargs="*", default=["core:katz2000_clamp", "full:roy2007_exercise"])
+    ap.add_argument("--solvers", nargs="*", default=["Kvaerno5", "Tsit5"])
+    ap.add_argument("--scaling", nargs="*", type=int, default=[1, 4, 16, 64, 256])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--work", default=None, help="folder for tidy tables (default: a temporary folder)")
+    ap.add_argument("--one-scaling", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--one-compile", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--markdown-from", default=None, help="only rewrite the markdown from an existing JSON")
+    args = ap.parse_args(argv)
+    if args.markdown_from:
+        res = json.loads(Path(args.markdown_from).read_text())
+        Path(args.markdown_from).with_suffix(".md").write_text(markdown(res))
+        return 0
+    import yaml
+
+    base_solver = yaml.safe_load((ROOT / "config/config.yaml").read_text()).get("solver", {})
+    work = Path(args.work or tempfile.mkdtemp(prefix="myoglucose-bench-"))
+    if args.one_scaling is not None:
+        _setup()
+        print(json.dumps(one_scaling(args.one_scaling, args.repeats, base_solver)))
+        return 0
+    if args.one_compile is not None:
+        _setup(os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+        print(json.dumps(one_compile(args.one_compile, work, base_solver)))
+        return 0
+
+    _setup()
+    import diffrax
+    import jax
+    import numpyro
+
+    jax.config.update("jax_enable_compilation_cache", False)  # first-call numbers are real compiles
+    res = {"machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+                       "python": sys.version.split()[0], "jax": jax.__version__, "diffrax": diffrax.__version__,
+                       "numpyro": numpyro.__version__, "backend": jax.default_backend()},
+           "base_solver": base_solver}
+    if "density" in args.sections:
+        res["density"] = [bench_density(c, args.solvers, args.repeats, work, base_solver) for c in args.cases]
+    if "scaling" in args.sections:
+        res["scaling"] = []
+        for n in args.scaling:
+            s = _subprocess_json(["--one-scaling", str(n), "--repeats", str(args.repeats)])
+            print(f"[bench] scaling N={n}: gradient {s['grad_median_s'] * 1e3:.1f} ms, peak RSS "
+                  f"{s['peak_rss_mib']:.0f} MiB", flush=True)
+            res["scaling"].append(s)
+    if "compile" in args.sections:
+        cache = tempfile.mkdtemp(prefix="myoglucose-bench-cache-")
+        env = {"JAX_COMPILATION_CACHE_DIR": cache}
+        extra = ["--work", str(work)]
+        cold = _subprocess_json(["--one-compile", args.cases[0], *extra], env)
+        warm = _subprocess_json(["--one-compile", args.cases[0], *extra], env)
+        res["compile"] = {"case": args.cases[0], "cold": cold, "warm": warm}
+        print(f"[bench] compile cold {cold}, warm {warm}", flush=True)
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
