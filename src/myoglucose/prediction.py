@@ -115,7 +115,7 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     # -- data conditions on a dense grid ------------------------------------------------------------------------
     T = 121
     ts = np.stack([np.linspace(0.0, float(t1), T) for t1 in np.asarray(a.t1)])
-    run = _solve_batch(settings, data.active)
+    run = _solve_batch(builder.solver, data.active)  # the fit's solver (``auto`` resolved by measuring stiffness)
     means = np.zeros((nd, Cn, len(OBS), T))
     ok_all = np.ones((nd, Cn), bool)
     cg = np.asarray(a.cond_group)
