@@ -201,6 +201,37 @@ def one_compile(case: str, work: Path, base_solver: dict) -> dict:
     return {"stiffness_probe_s": t_probe, "first_gradient_s": time.perf_counter() - t0, "solver": b.solver.name}
 
 
+def bench_load(n: int, work: Path, warmup: int, samples: int) -> dict:
+    """A real (short) fit of an N-subject synthetic cohort through the CLI, each subject its own group, one chain in
+    the fit process: wall time and the peak resident memory of the fit process (``getrusage`` of the children)."""
+    import yaml
+
+    cohort = work / f"cohort_{n}"
+    cli = [sys.executable, "-m", "myoglucose.cli"]
+    if not (cohort / "measurements.tsv").exists():
+        subprocess.run([*cli, "simulate-cohort", "--model", str(ROOT / "models/core"), "--protocol",
+                        str(ROOT / "protocols/katz2000_clamp_120.yaml"), "--n", str(n), "--seed", "1",
+                        "--groups", ",".join(f"s{i:04d}" for i in range(n)), "--observables",
+                        "glucose_plasma,insulin_plasma,gir", "--every", "20", "--out-dir", str(cohort)],
+                       check=True, capture_output=True, cwd=ROOT)
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg["sampler"].update(chains=1, warmup=warmup, samples=samples, init="median", progress=False,
+                          predictive_draws=10, max_tree_depth=6, checkpoint_every=0)
+    cfg["device"] = "cpu"
+    cfg_path = work / f"load_{n}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    out = subprocess.run([*cli, "fit", "--tidy-dir", str(cohort), "--model", str(ROOT / "models/core"), "--config",
+                          str(cfg_path), "--out", str(work / f"load_{n}.nc")], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"fit of {n} subjects failed:\n{out.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"n_subjects": n, "warmup": warmup, "samples": samples, "wall_s": wall, "peak_rss_mib": peak / 1024,
+            "peak_rss_is_exact": peak > before, "log_tail": out.stdout[-600:] + out.stderr[-600:]}
+
+
 def _subprocess_json(args: list[str], env: dict | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, **(env or {})})
@@ -246,6 +277,14 @@ def markdown(res: dict) -> str:
                          f"{s['grad_median_s'] / base:.1f} | {s['grad_median_s'] * 1e3 / s['n_subjects']:.2f} | "
                          f"{s['first_call_s']:.1f} | {s['peak_rss_mib']:.0f} |")
         lines.append("")
+    if res.get("load"):
+        lines += ["## Load: a short real fit of an N-subject cohort (core, each subject its own group, 1 chain)", "",
+                  "| N subjects | warmup + draws | wall (s, incl. compile) | peak RSS of the fit process (MiB) |",
+                  "|---|---|---|---|"]
+        for x in res["load"]:
+            lines.append(f"| {x['n_subjects']} | {x['warmup']} + {x['samples']} | {x['wall_s']:.0f} | "
+                         f"{x['peak_rss_mib']:.0f} |")
+        lines.append("")
     if res.get("compile"):
         c = res["compile"]
         lines += ["## Compile time to the first gradient (fresh processes)", "",
@@ -259,7 +298,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/fit.json"))
     ap.add_argument("--sections", nargs="*", default=["density", "scaling", "compile"],
-                    choices=["density", "scaling", "compile"])
+                    choices=["density", "scaling", "compile", "load"])
+    ap.add_argument("--load", nargs="*", type=int, default=[256], help="cohort sizes for the load section")
+    ap.add_argument("--load-iterations", nargs=2, type=int, default=[20, 20], metavar=("WARMUP", "SAMPLES"))
     ap.add_argument("--cases", nargs="*", default=["core:katz2000_clamp", "full:roy2007_exercise"])
     ap.add_argument("--solvers", nargs="*", default=["Kvaerno5", "Tsit5"])
     ap.add_argument("--scaling", nargs="*", type=int, default=[1, 4, 16, 64, 256])
@@ -305,6 +346,12 @@ def main(argv=None) -> int:
             print(f"[bench] scaling N={n}: gradient {s['grad_median_s'] * 1e3:.1f} ms, peak RSS "
                   f"{s['peak_rss_mib']:.0f} MiB", flush=True)
             res["scaling"].append(s)
+    if "load" in args.sections:
+        res["load"] = []
+        for n in args.load:
+            x = bench_load(n, work, *args.load_iterations)
+            print(f"[bench] load N={n}: fit {x['wall_s']:.0f} s, peak RSS {x['peak_rss_mib']:.0f} MiB", flush=True)
+            res["load"].append(x)
     if "compile" in args.sections:
         cache = tempfile.mkdtemp(prefix="myoglucose-bench-cache-")
         env = {"JAX_COMPILATION_CACHE_DIR": cache}
