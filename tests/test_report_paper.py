@@ -5,9 +5,7 @@ tests/test_workflow.py). Synthetic inputs only: no ODE solve, no browser."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +19,7 @@ import xarray as xr  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from myoglucose.diagnostics.synthetic import make_posterior_tree  # noqa: E402
+from test_workflow import _report_checker  # noqa: E402  (scripts/screenshot_report.py as a module)
 from myoglucose.report import data_summary, methods_paragraph, plot_data_conditions, save_figure  # noqa: E402
 from myoglucose.report.tables import prior_table, provenance_markdown  # noqa: E402
 from myoglucose.reporting import (  # noqa: E402
@@ -173,11 +172,7 @@ def test_provenance_markdown_lists_full_checksums():
 
 # ------------------------------------------------------------------------------------------- report checker
 def _load_checker():
-    spec = importlib.util.spec_from_file_location("screenshot_report", ROOT / "scripts" / "screenshot_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return _report_checker()
 
 
 def _mini_report(tmp_path, entries: dict[str, tuple[str, bytes]]) -> str:

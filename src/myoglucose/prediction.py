@@ -103,7 +103,10 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
 
     from .inference.fit import FitJob, load_problem
 
-    job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model_dir), repo_root=str(repo_root), solver=dict(solver or {}),
+    fit_solver = dict(solver or {})
+    if fit_solver.get("name", "auto") == "auto" and tree.attrs.get("solver"):
+        fit_solver["name"] = tree.attrs["solver"]  # the fit already measured the stiffness; do not probe again
+    job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model_dir), repo_root=str(repo_root), solver=fit_solver,
                  sampler={})
     spec, data, builder = load_problem(job)
     settings = SolverSettings.from_dict(solver)

@@ -4,7 +4,7 @@ An explicit Runge-Kutta method is stable only while ``h * |lambda|`` stays insid
 about 3.5 along the negative real axis), where ``lambda`` are the eigenvalues of the Jacobian of the vector field. Over
 a horizon ``T`` it therefore needs at least ``|lambda|_max * T / 3.5`` steps whatever the tolerance; an implicit
 method (Kvaerno5) does not, but every step costs a Newton iteration per stage, a Jacobian and an LU factorisation
-(measured here on 2 CPU cores: ~25x the cost of an explicit step, benchmarks/out/solvers.md).
+(measured on the Katz clamp fit: about 20x the log-density cost of the explicit method; docs/performance.md).
 
 The probe integrates each condition at the nominal parameters and at a few prior draws with the explicit solver,
 evaluates the Jacobian of the integrated (``active``) states at evenly spaced times and returns the largest
