@@ -1,8 +1,9 @@
 """Synthetic cohorts: N virtual subjects with hierarchical parameter draws, any protocol, measurement noise.
 
-Each estimated parameter of the model variant is drawn hierarchically on its prior scale:
-population location from the prior, group offsets with spread ``priorScale / 2``, subject offsets with spread
-``priorScale / 4`` (log scale for log-normal priors). Every subject runs the protocol from its own basal state with
+Each estimated parameter of the model variant is drawn on its prior scale following its ``level`` (the hierarchy the
+fit assumes, ``inference/numpyro_model.py``): the population location from the prior; ``group`` and ``subject``
+parameters add group offsets with spread ``priorScale / 2``; ``subject`` parameters add subject offsets with spread
+``priorScale / 4`` (log scale for log-normal priors). ``population`` parameters are shared by every subject. Every subject runs the protocol from its own basal state with
 kinetic insulin; the observables are sampled at ``times`` with each observable's noise model and the scale given by
 the model's ``noise_priors``. The output is the tidy format of ``prepare`` (so it feeds ``fit`` directly) plus the
 true parameters. Library code: returns DataFrames, writes nothing.
@@ -36,9 +37,11 @@ def draw_parameters(spec: ModelSpec, groups: list[str], n: int, rng: np.random.G
     for r in spec.estimated:
         log = r.prior == "lognormal"
         mu = rng.normal(0.0, 1.0) * r.prior_scale
-        g_off = {g: rng.normal(0.0, 0.5 * r.prior_scale) if r.level == "group" else 0.0 for g in groups}
+        g_sd = 0.5 * r.prior_scale if r.level in ("group", "subject") and len(groups) > 1 else 0.0
+        s_sd = 0.25 * r.prior_scale if r.level == "subject" else 0.0
+        g_off = {g: rng.normal(0.0, 1.0) * g_sd for g in groups}
         for i in range(n):
-            eta = mu + g_off[subj_group[i]] + rng.normal(0.0, 0.25 * r.prior_scale)
+            eta = mu + g_off[subj_group[i]] + rng.normal(0.0, 1.0) * s_sd
             v = float(np.exp(np.log(r.loc) + eta)) if log else float(r.loc + eta)
             v = float(np.clip(v, r.lower, r.upper))
             rows.append({"subject_id": f"s{i + 1:04d}", "group": subj_group[i], "parameterId": r.id, "value": v})

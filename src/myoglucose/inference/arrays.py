@@ -27,6 +27,8 @@ class FitArrays(eqx.Module):
     ts: jax.Array  # [C, T] observation time grid per condition [min]
     t1: jax.Array  # [C] end of integration [min]
     cond_group: jax.Array  # [C] group index of each condition
+    cond_subject: jax.Array  # [C] subject index of each condition (into ``FitData.subjects``)
+    subject_group: jax.Array  # [S] group index of each subject
     m_cond: jax.Array  # [N] condition index of each measurement
     m_time: jax.Array  # [N] time-slot index into ts[c]
     m_obs: jax.Array  # [N] observable index (into ``FitData.observables``)
@@ -38,6 +40,7 @@ class FitArrays(eqx.Module):
 class FitData:
     arrays: FitArrays
     groups: tuple[str, ...]
+    subjects: tuple[str, ...]  # subject ids (conditions.subject_id; the group when a table has no subject column)
     conditions: tuple[str, ...]
     observables: tuple[str, ...]
     measurements: pd.DataFrame  # the likelihood rows, in the order of the arrays
@@ -110,12 +113,22 @@ def build_fit_data(measurements: pd.DataFrame, conditions: pd.DataFrame, repo_ro
     known = np.where(np.isfinite(sem), sem, np.where(np.isfinite(sd) & np.isfinite(n) & (n > 0), sd / np.sqrt(n),
                                                      np.where(np.isfinite(sd), sd, 0.0)))
     gi = {g: i for i, g in enumerate(groups)}
+    cond_subj = (conds["subject_id"] if "subject_id" in conds else conds["group"]).astype(str)
+    subjects = tuple(dict.fromkeys(cond_subj))
+    subj_group = {}
+    for s_id, g in zip(cond_subj, conds["group"].astype(str)):
+        if subj_group.setdefault(s_id, g) != g:
+            raise ValueError(f"subject {s_id!r} appears in two groups ({subj_group[s_id]!r} and {g!r}) in the "
+                             "conditions table; a subject belongs to one group")
+    si = {s_id: i for i, s_id in enumerate(subjects)}
     arrays = FitArrays(
         inputs=batched, ts=jnp.asarray(ts), t1=jnp.asarray(t1),
         cond_group=jnp.asarray(conds["group"].astype(str).map(gi).to_numpy(int)),
+        cond_subject=jnp.asarray(cond_subj.map(si).to_numpy(int)),
+        subject_group=jnp.asarray(np.array([gi[subj_group[s_id]] for s_id in subjects], dtype=int)),
         m_cond=jnp.asarray(m_cond), m_time=jnp.asarray(m_time), m_obs=jnp.asarray(m_obs),
         values=jnp.asarray(lik["value"].to_numpy(float)), known_sd=jnp.asarray(np.asarray(known, float)),
     )
-    return FitData(arrays=arrays, groups=groups, conditions=cond_ids, observables=observables, measurements=lik,
+    return FitData(arrays=arrays, groups=groups, subjects=subjects, conditions=cond_ids, observables=observables, measurements=lik,
                    protocols=protocols, covariates=conds,
                    active=active_states(list(protocols.values()), insulin_kinetic=not all(forced.values())))

@@ -35,6 +35,7 @@ class FitJob:
     cache_dir: str | None = None
     checkpoint_dir: str | None = None  # <out>.ckpt: sampler checkpoints (None: no checkpoints)
     resume: bool = False  # continue from matching checkpoints in checkpoint_dir (else start afresh)
+    conditions: tuple[str, ...] | None = None  # keep only these condition ids of the tidy tables (None: all)
 
 
 def load_problem(job: FitJob):
@@ -48,6 +49,13 @@ def load_problem(job: FitJob):
     spec = load_model(job.model_dir)
     tables = read_tables(Path(job.tidy_dir), Path(job.repo_root))
     meas, conds = tables.measurements, tables.conditions
+    if job.conditions is not None:
+        unknown = sorted(set(job.conditions) - set(conds["condition_id"].astype(str)))
+        if unknown:
+            raise ValueError(f"{Path(job.tidy_dir) / 'conditions.tsv'}: no condition(s) {unknown}; it has "
+                             f"{sorted(conds['condition_id'].astype(str))}")
+        conds = conds[conds["condition_id"].astype(str).isin(job.conditions)].reset_index(drop=True)
+        meas = meas[meas["condition_id"].astype(str).isin(job.conditions)].reset_index(drop=True)
     data = build_fit_data(meas, conds, Path(job.repo_root), set(spec.observables))
     builder = ModelBuilder(spec, data, SolverSettings.from_dict(job.solver))
     return spec, data, builder
@@ -133,7 +141,8 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
     settings = SamplerSettings.from_dict(job.sampler)
     spec, data, builder = load_problem(job)
     log(f"model {spec.id}: {len(builder.estimated)} estimated parameters "
-        f"({len(builder.group_level())} group-level over {len(data.groups)} groups), "
+        f"({len(builder.group_level())} group-level over {len(data.groups)} groups, "
+        f"{len(builder.subject_level())} subject-level over {len(data.subjects)} subjects), "
         f"{len(data.measurements)} measurements in {len(data.conditions)} conditions, "
         f"{len(data.active)} active states; backend {info['backend']}")
     if builder.stiffness is not None:
@@ -193,7 +202,8 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
 
     spec, data, builder = problem
     C, D = next(iter(samples.values())).shape[:2]
-    latent_names = [k for k in samples if k.endswith(("__z", "__z_mu", "__omega")) or k.startswith("sigma_")]
+    latent_names = [k for k in samples
+                    if k.endswith(("__z", "__z_mu", "__omega", "__zs", "__tau")) or k.startswith("sigma_")]
     lat = {k: jnp.asarray(samples[k].reshape((C * D,) + samples[k].shape[2:])) for k in latent_names}
     key = jax.random.PRNGKey(settings.seed + 104729)
     t0 = time.perf_counter()
@@ -209,11 +219,17 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
     pnames = [r.id for r in builder.estimated]
     noise_names = list(dict.fromkeys(builder.noise_names))
     # natural-scale parameters from the latents (what the model's deterministic sites hold), [chain, draw, ...]
-    post_p, post_g, post_n = jax.jit(jax.vmap(builder.natural))(lat)
-    natural = {k: np.asarray(v).reshape((C, D) + np.shape(v)[1:]) for k, v in {**post_p, **post_g, **post_n}.items()}
+    def natural_all(one):
+        pop, grp, noise = builder.natural(one)
+        subj = {f"{k}_subject": v for k, v in builder.subject_values(one, pop, grp).items()}
+        spread = {f"{k}_sd_subject": one[f"{k}__tau"] for k in builder.subject_level()}
+        return {**pop, **grp, **noise, **subj, **spread}
+
+    natural = {k: np.asarray(v).reshape((C, D) + np.shape(v)[1:])
+               for k, v in jax.jit(jax.vmap(natural_all))(lat).items()}
     posterior = {k: natural[k] for k in pnames + noise_names}
-    pop_p, grp_p, noise_p = jax.vmap(builder.natural)(prior_lat)
-    prior = {k: np.asarray(v)[None] for k, v in {**pop_p, **grp_p, **noise_p}.items()}
+    posterior.update({k: v for k, v in natural.items() if k.endswith(("_subject", "_sd_subject"))})
+    prior = {k: np.asarray(v)[None] for k, v in jax.vmap(natural_all)(prior_lat).items()}
     unconstrained = {k: samples[k] for k in latent_names if not k.startswith("sigma_")}
     depth = np.floor(np.log2(np.maximum(stats["num_steps"], 1))).astype(np.int64) + 1
     sample_stats = {
@@ -231,9 +247,12 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
     dims = {k: ["group"] for k in builder.group_level()}
     dims.update({k: ["measurement"] for k in ("obs", "time", "observable", "condition", "subject", "group_of",
                                                "known_sd")})
+    dims.update({f"{k}_subject": ["subject_id"] for k in builder.subject_level()})
     for k in unconstrained:
         if k.endswith("__z") and k[:-3] in builder.group_level():
             dims[k] = ["group"]
+        if k.endswith("__zs"):
+            dims[k] = ["subject_id"]
     tree = from_dict(
         {
             "posterior": posterior,
@@ -253,7 +272,7 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
             "prior": prior,
             "prior_predictive": {"obs": prior_pw["replicate"][None]},
         },
-        coords={"group": groups, "measurement": np.arange(N)},
+        coords={"group": groups, "measurement": np.arange(N), "subject_id": list(data.subjects)},
         dims=dims,
         attrs={"/": attrs},
     )

@@ -6,6 +6,11 @@ Priors live on the declared ``parameterScale``: log-normal parameters are sample
 ``log theta = log(priorLoc) + priorScale * z``; normal (lin-scale) parameters as ``theta = priorLoc + priorScale * z``.
 Group-level parameters are hierarchical and non-centred: a population location ``z_mu``, a between-group spread
 ``omega ~ HalfNormal(priorScale / 2)`` and group offsets ``z_g``: ``log theta_g = log(loc) + s * z_mu + omega * z_g``.
+Subject-level parameters (``level: subject``) add a third, non-centred level when the data hold more than one subject
+in a group (a synthetic cohort, individual clamp curves): a within-group spread ``tau ~ HalfNormal(priorScale / 2)``
+and subject offsets ``z_s``: ``log theta_s = log theta_g(s) + tau * z_s``. With one subject per group (group means)
+they are group-level parameters. The posterior keeps the group's typical value under the parameter's name and the
+subject values as ``<id>_subject``.
 
 Observation model per observable (``noiseDistribution``): ``normal`` (additive sd ``sigma``), ``proportional``
 (sd ``sigma * |mu| + floor``) or ``lognormal`` (sd of log ``sigma``). A known measurement error of a value (the sem
@@ -67,6 +72,9 @@ class ModelBuilder:
         self.estimated = [r for r in spec.estimated]
         self.fixed = {k: jnp.asarray(r.nominal) for k, r in spec.params.items() if not r.estimate}
         self.groups = data.groups
+        self.subjects = data.subjects
+        # a subject level exists only when some group holds more than one subject
+        self.subject_effects = len(data.subjects) > len(data.groups)
         obs_rows = [spec.observables[o] for o in data.observables]
         self.noise_kind = jnp.asarray([NOISE_CODE[r.noise] for r in obs_rows])
         self.noise_names = [r.noise_parameter for r in obs_rows]
@@ -90,7 +98,7 @@ class ModelBuilder:
 
         def params_of(one):
             pop, grp, _ = self.natural(one)
-            return self.condition_params(pop, grp, a.cond_group)
+            return self.condition_params(pop, grp, a.cond_group, self.subject_values(one, pop, grp), a.cond_subject)
 
         drawn = jax.vmap(params_of)(lat)  # [D, C]
         C = a.cond_group.shape[0]
@@ -103,15 +111,20 @@ class ModelBuilder:
     def sample_latents(self) -> dict:
         """Sample the latent (non-centred) sites: standard-normal ``z``, half-normal spreads and noise scales."""
         lat = {}
-        G = len(self.groups)
+        G, S = len(self.groups), len(self.subjects)
+        grouped, by_subject = set(self.group_level()), set(self.subject_level())
         for r in self.estimated:
-            if r.level == "group" and G > 1:
+            if r.id in grouped:
                 lat[f"{r.id}__z_mu"] = numpyro.sample(f"{r.id}__z_mu", dist.Normal(0.0, 1.0))
                 lat[f"{r.id}__omega"] = numpyro.sample(f"{r.id}__omega", dist.HalfNormal(0.5 * r.prior_scale))
                 with numpyro.plate("group", G):
                     lat[f"{r.id}__z"] = numpyro.sample(f"{r.id}__z", dist.Normal(0.0, 1.0))
             else:
                 lat[f"{r.id}__z"] = numpyro.sample(f"{r.id}__z", dist.Normal(0.0, 1.0))
+            if r.id in by_subject:
+                lat[f"{r.id}__tau"] = numpyro.sample(f"{r.id}__tau", dist.HalfNormal(0.5 * r.prior_scale))
+                with numpyro.plate("subject", S):
+                    lat[f"{r.id}__zs"] = numpyro.sample(f"{r.id}__zs", dist.Normal(0.0, 1.0))
         for n, s in zip(dict.fromkeys(self.noise_names), self._noise_prior_unique()):
             lat[n] = numpyro.sample(n, dist.HalfNormal(s))
         return lat
@@ -125,10 +138,10 @@ class ModelBuilder:
     def natural(self, lat: dict) -> tuple[dict, dict, dict]:
         """Latents -> (population parameters, group parameters [G], noise scales) on the natural scale."""
         pop, grp = {}, {}
-        G = len(self.groups)
+        grouped = set(self.group_level())
         for r in self.estimated:
             log = r.prior == "lognormal"
-            if r.level == "group" and G > 1:
+            if r.id in grouped:
                 eta = r.prior_scale * lat[f"{r.id}__z_mu"] + lat[f"{r.id}__omega"] * lat[f"{r.id}__z"]
                 grp[r.id] = jnp.exp(jnp.log(r.loc) + eta) if log else r.loc + eta
             else:
@@ -137,27 +150,48 @@ class ModelBuilder:
         noise = {n: lat[n] for n in dict.fromkeys(self.noise_names)}
         return pop, grp, noise
 
+    def subject_values(self, lat: dict, pop: dict, grp: dict) -> dict:
+        """Subject-level parameters [S] on the natural scale: each subject's group value (or the population value)
+        shifted by ``tau * z_s`` on the prior's scale. Empty without a subject level."""
+        out = {}
+        sg = self.data.arrays.subject_group
+        for r in self.estimated:
+            if r.id not in set(self.subject_level()):
+                continue
+            typical = grp[r.id][..., sg] if r.id in grp else pop[r.id][..., None]
+            eta = lat[f"{r.id}__tau"][..., None] * lat[f"{r.id}__zs"]
+            out[r.id] = typical * jnp.exp(eta) if r.prior == "lognormal" else typical + eta
+        return out
+
     def prior_latents(self, key, n: int) -> dict:
         """``n`` independent prior draws of every latent site (numpy-free, jittable)."""
-        keys = iter(jax.random.split(key, 4 * len(self.estimated) + len(self.noise_names) + 1))
-        G = len(self.groups)
+        keys = iter(jax.random.split(key, 6 * len(self.estimated) + len(self.noise_names) + 1))
+        G, S = len(self.groups), len(self.subjects)
+        grouped, by_subject = set(self.group_level()), set(self.subject_level())
         lat = {}
         for r in self.estimated:
-            if r.level == "group" and G > 1:
+            if r.id in grouped:
                 lat[f"{r.id}__z_mu"] = jax.random.normal(next(keys), (n,))
                 lat[f"{r.id}__omega"] = 0.5 * r.prior_scale * jnp.abs(jax.random.normal(next(keys), (n,)))
                 lat[f"{r.id}__z"] = jax.random.normal(next(keys), (n, G))
             else:
                 lat[f"{r.id}__z"] = jax.random.normal(next(keys), (n,))
+            if r.id in by_subject:
+                lat[f"{r.id}__tau"] = 0.5 * r.prior_scale * jnp.abs(jax.random.normal(next(keys), (n,)))
+                lat[f"{r.id}__zs"] = jax.random.normal(next(keys), (n, S))
         for name, s in zip(dict.fromkeys(self.noise_names), self._noise_prior_unique()):
             lat[name] = s * jnp.abs(jax.random.normal(next(keys), (n,)))
         return lat
 
-    def condition_params(self, pop: dict, grp: dict, cond_group) -> dict:
+    def condition_params(self, pop: dict, grp: dict, cond_group, subj: dict | None = None,
+                         cond_subject=None) -> dict:
+        """Every model parameter per condition [C]: fixed, population, group (by ``cond_group``) and, when given,
+        subject values (by ``cond_subject``), which replace the group's typical value."""
         C = cond_group.shape[0]
         p = {k: jnp.broadcast_to(v, (C,)) for k, v in self.fixed.items()}
         p.update({k: jnp.broadcast_to(v, (C,)) for k, v in pop.items()})
         p.update({k: v[cond_group] for k, v in grp.items()})
+        p.update({k: v[cond_subject] for k, v in (subj or {}).items()})
         return p
 
     # -- simulation -------------------------------------------------------------------------------------------
@@ -193,6 +227,8 @@ class ModelBuilder:
         pop, grp, noise = self.natural(lat)
         for k, v in {**pop, **grp}.items():
             numpyro.deterministic(k, v)
+        for k, v in self.subject_values(lat, pop, grp).items():
+            numpyro.deterministic(f"{k}_subject", v)
         dist_, ok = self.observation(lat, a)
         numpyro.deterministic("ode_failed", jnp.sum(~ok))
         numpyro.factor("ode_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
@@ -203,7 +239,7 @@ class ModelBuilder:
         """The observation distribution of every measurement for latents ``lat`` and per-condition solve success."""
         pop, grp, noise = self.natural(lat)
         sigmas = jnp.stack([noise[n] for n in self.noise_names])
-        p = self.condition_params(pop, grp, a.cond_group)
+        p = self.condition_params(pop, grp, a.cond_group, self.subject_values(lat, pop, grp), a.cond_subject)
         mu, ok, _ = self.predict_means(p, a)
         all_ok = jnp.all(ok)
         mu = jnp.where(all_ok, mu, jnp.where(a.values > 0, a.values, 1.0))  # sanitised: finite, gradient-safe
@@ -224,7 +260,12 @@ class ModelBuilder:
         return ll, d.sample(key), jnp.sum(~ok)
 
     def group_level(self) -> list[str]:
-        return [r.id for r in self.estimated if r.level == "group" and len(self.groups) > 1]
+        """Parameters with a group dimension (group- and subject-level ones, when the data have several groups)."""
+        return [r.id for r in self.estimated if r.level in ("group", "subject") and len(self.groups) > 1]
+
+    def subject_level(self) -> list[str]:
+        """Parameters with a subject dimension (subject-level ones, when some group holds several subjects)."""
+        return [r.id for r in self.estimated if r.level == "subject" and self.subject_effects]
 
 
 def _sensitivity_block(settings, names, active, est):

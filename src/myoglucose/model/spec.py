@@ -22,7 +22,10 @@ PARAM_COLUMNS = [
 ]
 OBS_COLUMNS = ["observableId", "expression", "unit", "noiseDistribution", "noiseParameter", "description"]
 PRIOR_TYPES = {"lognormal", "normal", "fixed"}
-LEVELS = {"population", "group", "fixed"}
+#: ``population``: one value shared by everyone; ``group``: population -> group (non-centred); ``subject``:
+#: population -> group -> subject (a subject's value scatters around its group's typical value; with one subject per
+#: group, e.g. group means, it is a group-level parameter); ``fixed``: not estimated.
+LEVELS = {"population", "group", "subject", "fixed"}
 NOISE = {"normal", "lognormal", "proportional"}
 MODEL_KEYS = {"id", "description", "parent", "equations", "overrides", "noise_priors", "notes"}
 
