@@ -18,6 +18,7 @@ include: "workflow/rules/fit.smk"  # fit: -> results/fits/<model>/<dataset>/post
 include: "workflow/rules/diagnostics.smk"  # diagnose: -> diagnostics.tsv, verdict.json
 include: "workflow/rules/predict.smk"  # predict: -> predictive.nc
 include: "workflow/rules/report.smk"  # data_overview, report_fit, behaviours, model_comparison -> results/figures/
+include: "workflow/rules/sbc.smk"  # sbc_run, sbc_figures; target `sbc` -> results/sbc/, results/figures/sbc/
 
 
 rule all:

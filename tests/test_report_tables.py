@@ -10,6 +10,7 @@ import pytest
 
 from myoglucose.diagnostics.synthetic import make_posterior_tree
 from myoglucose.report import loo_compare, methods_paragraph, posterior_contraction, to_latex
+from myoglucose.report.tables import group_differences
 
 
 def test_contraction_zero_when_posterior_is_prior():
@@ -25,6 +26,28 @@ def test_contraction_one_when_posterior_is_tight():
     df = posterior_contraction(make_posterior_tree(posterior_sd=0.01, seed=12)).set_index("parameter")
     assert np.all(df["contraction"] > 0.999)
     assert df.loc["k_ins[obese]", "posterior_sd"] == pytest.approx(0.01, rel=0.15)
+
+
+def test_group_differences_known_ratio():
+    """k_ins is shifted by +log(2) in the obese group: the ratio to nonobese is about 2 with probability 1 of being
+    larger, and it is flagged as a difference; the population parameter v_max has no rows."""
+    tree = make_posterior_tree(posterior_sd=0.05, seed=21)
+    post = tree["posterior"].to_dataset()
+    k = post["k_ins"].copy()
+    k.loc[{"group": "nonobese"}] = np.exp(np.random.default_rng(0).normal(0.0, 0.05, k.sel(group="obese").shape))
+    k.loc[{"group": "obese"}] = 2.0 * np.exp(np.random.default_rng(1).normal(0.0, 0.05, k.sel(group="obese").shape))
+    post["k_ins"] = k
+    tree["posterior"] = post
+    df = group_differences(tree)
+    print(df.to_string())
+    assert list(df["parameter"]) == ["k_ins"] and list(df["group"]) == ["obese"]
+    row = df.iloc[0]
+    assert row["reference"] == "nonobese"
+    assert row["ratio_median"] == pytest.approx(2.0, rel=0.02)
+    assert row["ratio_q05"] > 1.7 and row["prob_greater"] == 1.0 and bool(row["differs_90"])
+    same = make_posterior_tree(posterior_equals_prior=True, n_draws=400, seed=3)
+    d2 = group_differences(same)
+    assert not d2["differs_90"].any()
 
 
 def test_loo_compare_two_models():

@@ -26,8 +26,9 @@ STAGES = ("prepare", "data_overview", "fit", "diagnose", "predict", "report_fit"
 FIT = "results/fits/core/katz2000_clamp"
 FIGURES = "results/figures/core/katz2000_clamp"
 DATA_FIGURES = "results/figures/data/katz2000_clamp"
-# "scenarios" because config/test.yaml has a predict scenario
-FIGURE_NAMES = ("ppc", "curves", "rank", "pairs", "forest_groups", "prior_posterior", "scenarios")
+# "scenarios" because config/test.yaml has a predict scenario; "post_exercise" because predict.post_exercise is on
+FIGURE_NAMES = ("ppc", "curves", "rank", "pairs", "forest_groups", "prior_posterior", "scenarios", "post_exercise")
+FIT_TABLES = ("convergence", "contraction", "group_differences", "priors", "post_exercise_gir")
 # The one lint we would tolerate: rules without conda/container (all rules have `conda:` today).
 CONDA_LINT = "Specify a conda environment or container for each rule"
 
@@ -134,6 +135,18 @@ def test_training_scenarios_get_their_own_figure(workdir: Path, scenarios: list[
     assert drawn == figures
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_post_exercise_figure_and_table_follow_the_config(workdir: Path, enabled: bool) -> None:
+    overlay = workdir / "post_exercise.yaml"
+    overlay.write_text(yaml.safe_dump({"predict": {"post_exercise": {"enabled": enabled}}}))
+    res = snakemake(workdir, "-n", "-p", "--configfile", "config/test.yaml", str(overlay))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("post_exercise.svg", "post_exercise.pdf", "post_exercise_gir.csv", "post_exercise_gir.tex"):
+        assert (f"{FIGURES}/{name}" in res.stdout) == enabled, name
+    resolved = yaml.safe_load((workdir / "results/config.resolved.yaml").read_text())
+    assert resolved["predict"]["post_exercise"]["delays_h"] == [0, 1, 2, 4, 8, 12, 24, 36, 48, 60, 72]  # defaults
+
+
 @pytest.mark.parametrize(
     ("overlay", "message"),
     [
@@ -144,6 +157,8 @@ def test_training_scenarios_get_their_own_figure(workdir: Path, scenarios: list[
         ("solver:\n  name: Euler\n", "solver.name: 'Euler' is not one of"),
         ("fits:\n  - {dataset: katz2000_clamp, model: nosuchmodel}\n", "fits: model 'nosuchmodel' is not listed"),
         ("datasets: [nosuchdataset]\n", "datasets: 'nosuchdataset' has no folder data/nosuchdataset/"),
+        ("predict:\n  post_exercise:\n    delays_h: [0, 24, -6]\n",
+         "predict.post_exercise.delays_h.2: -6 is less than the minimum of 0"),
     ],
 )
 def test_bad_config_is_rejected_before_any_rule(workdir: Path, overlay: str, message: str) -> None:
@@ -185,7 +200,7 @@ def test_full_run_and_report(small_run: Path) -> None:
         f"{FIT}/verdict.json",
         f"{FIT}/predictive.nc",
         *(f"{FIGURES}/{fig}.{ext}" for fig in FIGURE_NAMES for ext in ("svg", "pdf", "png")),
-        *(f"{FIGURES}/{table}.{ext}" for table in ("convergence", "contraction", "priors") for ext in ("csv", "tex")),
+        *(f"{FIGURES}/{table}.{ext}" for table in FIT_TABLES for ext in ("csv", "tex")),
         f"{FIGURES}/methods.md",
         *(f"{DATA_FIGURES}/overview.{ext}" for ext in ("svg", "pdf", "png")),
         *(f"{DATA_FIGURES}/summary.{ext}" for ext in ("csv", "tex")),
@@ -197,7 +212,8 @@ def test_full_run_and_report(small_run: Path) -> None:
 
     html = (workdir / "results/report.html").read_text(encoding="utf-8")
     for name in (*(f"{fig}.svg" for fig in FIGURE_NAMES), "behaviours.svg", "overview.svg", "convergence.csv",
-                 "priors.csv", "summary.csv", "methods.md", "Posterior predictive check of model"):
+                 "priors.csv", "summary.csv", "post_exercise_gir.csv", "methods.md",
+                 "Posterior predictive check of model", "the same clamp without exercise"):
         assert name in html, f"{name} not in the report"
     methods = (workdir / FIGURES / "methods.md").read_text(encoding="utf-8")
     # solver auto: the Katz clamps with forced insulin are not stiff, so the fit measures that and takes Tsit5
@@ -264,7 +280,8 @@ def test_same_config_and_seed_reproduce_the_numbers(small_run: Path, tmp_path: P
         _assert_same_tree(small_run / nc, second / nc)
     same_bytes = [
         f"{FIT}/diagnostics.tsv",
-        *(f"{FIGURES}/{t}.{ext}" for t in ("convergence", "contraction", "priors") for ext in ("csv", "tex")),
+        *(f"{FIGURES}/{t}.{ext}" for t in ("convergence", "contraction", "group_differences", "priors")
+          for ext in ("csv", "tex")),
         f"{DATA_FIGURES}/summary.csv",
         "results/figures/core/behaviours.tsv",
         "results/tidy/katz2000_clamp/measurements.tsv",

@@ -21,6 +21,7 @@ from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
+import numpy as np  # noqa: E402
 import typer  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -215,17 +216,9 @@ def fit(
         if seed is not None:
             sampler["seed"] = seed
         from .inference.sample import SamplerSettings
-        from .model.simulate import SolverSettings
 
         settings = SamplerSettings.from_dict(sampler)
-        SolverSettings.from_dict(cfg.get("solver"))
-        info = setup_runtime(cfg)
-        # validate inputs before any expensive work
-        from .data import read_tables
-        from .model.spec import load_model
-
-        spec = load_model(model)
-        read_tables(tidy_dir, repo_root())
+        spec, info = _checked_inputs(cfg, model, tidy_dir)
         from .inference.checkpoint import checkpoint_dir_for
         from .inference.fit import FitJob, build_tree, fit_summary, run_fit
         from .io import remove_tree
@@ -256,6 +249,20 @@ def fit(
         write_tree(tree, out)
         remove_tree(ckpt)
         log(f"wrote {out}: {summ}")
+
+
+def _checked_inputs(cfg: dict, model: Path, tidy_dir: Path):
+    """Validate the solver settings, configure JAX, load the model variant and validate the tidy tables, before any
+    expensive work. Returns (spec, runtime info)."""
+    from .data import read_tables
+    from .model.simulate import SolverSettings
+    from .model.spec import load_model
+
+    SolverSettings.from_dict(cfg.get("solver"))
+    info = setup_runtime(cfg)
+    spec = load_model(model)
+    read_tables(tidy_dir, repo_root())
+    return spec, info
 
 
 def dataclasses_asdict(x) -> dict:
@@ -296,10 +303,12 @@ def predict(
     posterior: Path = typer.Option(..., "--posterior", help="posterior NetCDF from `fit`"),
     tidy_dir: Path = typer.Option(..., "--tidy-dir", help="tidy tables the fit used"),
     model: Path = typer.Option(..., "--model", help="model variant folder"),
-    config: Path = typer.Option(..., "--config", help="config YAML (predict.scenarios, predict.draws, solver)"),
+    config: Path = typer.Option(..., "--config", help="config YAML (predict.scenarios, predict.draws, "
+                                "predict.post_exercise, solver)"),
     out: Path = typer.Option(..., "--out", help="predictive NetCDF"),
 ):
-    """Posterior predictive time courses for every data condition and every named scenario, per group."""
+    """Posterior predictive time courses for every data condition and every named scenario, per group, and the
+    post-exercise clamp GIR at a grid of delays after one bout (config predict.post_exercise)."""
     with user_errors():
         cfg = load_config(config)
         setup_runtime(cfg)
@@ -309,7 +318,7 @@ def predict(
         pcfg = cfg.get("predict") or {}
         scen = [Path(s) for s in (pcfg.get("scenarios") or [])]
         pred = predictive_tree(tree, tidy_dir, model, scen, int(pcfg.get("draws", 200)), cfg.get("solver"),
-                               repo_root(), log=log)
+                               repo_root(), log=log, post_exercise=pcfg.get("post_exercise"))
         write_tree(pred, out)
         log(f"wrote {out}")
 
@@ -439,6 +448,111 @@ def simulate_cohort_cmd(
                      out_dir)
         write_atomic_text(out_dir / "true_parameters.tsv", c.truth.to_csv(sep="\t", index=False))
         log(f"simulated {n} subjects -> {out_dir} ({len(c.measurements)} measurements)")
+
+
+@app.command()
+def sbc(
+    tidy_dir: Path = typer.Option(..., "--tidy-dir", help="template dataset results/tidy/<dataset>/ (its design)"),
+    model: Path = typer.Option(..., "--model", help="model variant folder to calibrate"),
+    config: Path = typer.Option(..., "--config", help="config YAML (its sbc, solver and device sections)"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for ranks.csv, uniformity.csv and summary.json"),
+    reps: Optional[int] = typer.Option(None, "--reps", help="override sbc.reps"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="override sbc.workers (0: one per CPU core)"),
+):
+    """Simulation-based calibration: prior draw -> simulated data at the template's design -> NUTS -> ranks.
+
+    Writes ranks.csv (one row per replication and quantity), uniformity.csv (per quantity: chi-square test of the
+    rank histogram and whether the rank ECDF stays inside the simultaneous 95 % band) and summary.json (settings,
+    timings, provenance). Exit 0 means the replications ran, whatever the calibration verdict (read summary.json)."""
+    with user_errors():
+        cfg = load_config(config)
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        from .inference.sbc import SBCSettings, rank_table, split_reps, uniformity
+
+        scfg = dict(cfg.get("sbc") or {})
+        if reps is not None:
+            scfg["reps"] = reps
+        settings = SBCSettings.from_dict(scfg)
+        spec, info = _checked_inputs(cfg, model, tidy_dir)
+        from .inference.fit import FitJob
+        from .provenance import provenance_attrs
+
+        conds = scfg.get("conditions")
+        job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model), repo_root=str(repo_root()),
+                     solver=dict(cfg.get("solver") or {}), sampler={}, device=cfg.get("device", "auto"),
+                     cache_dir=info.get("cache_dir") or None, conditions=tuple(conds) if conds else None)
+        n_workers = scfg.get("workers", 0) if workers is None else workers
+        n_workers = n_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        parts = split_reps(settings.reps, n_workers)
+        log(f"SBC of {spec.id} on the design of {tidy_dir.name}: {settings.reps} replications x "
+            f"({settings.warmup} warmup + {settings.samples} draws, thinned to L = {settings.n_ranks}) in "
+            f"{len(parts)} process(es)")
+        t0 = time.perf_counter()
+        from .inference.sbc_worker import resolve_solver, sbc_worker
+
+        job = resolve_solver(job, log)  # measure stiffness once, not in every worker
+        if len(parts) == 1:
+            records = sbc_worker((job, settings, parts[0]))
+        else:
+            with cf.ProcessPoolExecutor(max_workers=len(parts), mp_context=mp.get_context("spawn")) as pool:
+                records = [r for part in pool.map(sbc_worker, [(job, settings, p) for p in parts]) for r in part]
+        wall = time.perf_counter() - t0
+        records.sort(key=lambda r: r["rep"])
+        table = rank_table(records, settings.n_ranks)
+        uni = uniformity(table)
+        data_files = [tidy_dir / n for n in ("measurements.tsv", "conditions.tsv", "provenance.tsv")]
+        attrs = provenance_attrs(config_yaml=__import__("yaml").safe_dump(cfg, sort_keys=True), seed=settings.seed,
+                                 data_files=data_files, model_files=spec.sha_inputs(),
+                                 extra={"model_variant": spec.id, "dataset_id": tidy_dir.name})
+        summary = {
+            "verdict": "calibrated" if bool(uni["passed"].all()) else "miscalibrated",
+            "quantities_outside_band": uni.loc[~uni["passed"], "quantity"].tolist(),
+            "settings": dataclasses_asdict(settings), "conditions": list(conds) if conds else None,
+            "solver": job.solver, "replications": len(records), "wall_s": wall,
+            "seconds_per_replication_median": float(np.median([r["seconds"] for r in records])),
+            "divergences_total": int(sum(r["divergences"] for r in records)),
+            "prior_redraws_total": int(sum(r["redraws"] for r in records)),
+            "provenance": {k: v for k, v in attrs.items()},
+        }
+        from .report.export import save_table
+
+        write_csv(table, out_dir / "ranks.csv", index=False)
+        save_table(uni, out_dir / "uniformity", caption=f"Simulation-based calibration of {spec.id}: rank "
+                   f"uniformity per quantity ({len(records)} replications)", label="tab:sbc")
+        write_atomic_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        log(f"SBC {summary['verdict']} ({len(records)} replications in {wall:.0f} s; outside the band: "
+            f"{summary['quantities_outside_band'] or 'none'}) -> {out_dir}")
+
+
+@app.command("sbc-figures")
+def sbc_figures(
+    ranks: Path = typer.Option(..., "--ranks", help="ranks.csv written by `myoglucose sbc`"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for rank_ecdf, rank_hist and zscores figures"),
+    config: Optional[Path] = typer.Option(None, "--config", help="config YAML (report.formats, report.dpi)"),
+):
+    """Figures of an SBC run: rank ECDF differences with simultaneous 95 % bands, rank histograms, z-scores."""
+    with user_errors():
+        cfg = load_config(config)
+        import pandas as pd
+
+        from .report.sbc_plots import plot_rank_ecdf, plot_rank_histograms, plot_sbc_shrinkage
+
+        if not ranks.exists():
+            raise ConfigError(f"{ranks}: file not found")
+        table = pd.read_csv(ranks)
+        missing = {"rep", "quantity", "rank", "n_ranks", "true_value", "posterior_mean", "posterior_sd"} - set(table)
+        if missing or table.empty:
+            raise ConfigError(f"{ranks}: not an SBC rank table (missing columns {sorted(missing)} or no rows)")
+        rep = cfg.get("report") or {}
+        formats, dpi = rep.get("formats", ["svg", "pdf", "png"]), rep.get("dpi", 300)
+        from .report.export import save_figure
+
+        for name, fig in (("rank_ecdf", plot_rank_ecdf(table)), ("rank_hist", plot_rank_histograms(table)),
+                          ("zscores", plot_sbc_shrinkage(table))):
+            save_figure(fig, out_dir / name, formats, dpi)
+        log(f"SBC figures -> {out_dir}")
 
 
 def main() -> None:  # console-script entry point

@@ -8,6 +8,10 @@ The output DataTree has
   of the slow adaptive quantities of ``SLOW_QUANTITIES`` (what training and detraining change), ``time``
   (scenario, time), and the attribute ``markers`` (JSON: scenario -> [[marker, time_min], ...], e.g. the start of
   ``training`` and ``detraining``).
+- ``post_exercise`` (unless switched off): the steady-state glucose infusion rate of a euglycemic clamp at a grid of
+  delays after one exercise bout, per posterior draw and group: ``gir`` (draw, group, delay_h) and ``gir_control``
+  (draw, group) [mg/kg/min], their ``ratio`` (draw, group, delay_h) [1], the solve flags ``ok``/``ok_control``, and
+  the protocol settings in the attributes (see :func:`post_exercise_dataset`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from .model.protocol import build_inputs, n_breakpoints
+from .model.protocol import Protocol, build_inputs, n_breakpoints, parse_protocol
 from .model.simulate import OBSERVABLE_UNITS, SolverSettings, active_states, observables, solve
 from .simulation import load_protocol
 
@@ -96,8 +100,197 @@ def _solve_batch_with_slow(settings: SolverSettings, active):
     return jax.jit(jax.vmap(one))
 
 
+# -- post-exercise insulin sensitivity ---------------------------------------------------------------------------
+#: Defaults of the config section ``predict.post_exercise`` (workflow/schemas/config.schema.yaml states the same).
+POST_EXERCISE_DEFAULTS = {
+    "enabled": True,
+    "delays_h": [0, 1, 2, 4, 8, 12, 24, 36, 48, 60, 72],  # clamp start after the END of the bout [h]
+    "intensity": 0.70,  # fraction of VO2max
+    "exercise_min": 60.0,  # duration of the bout [min]
+    "clamp_rate": 40.0,  # insulin infusion of the clamp [mU/m^2/min]
+    "clamp_min": 120.0,  # duration of the clamp [min]
+}
+POST_EXERCISE_START = "day 0 09:00"  # the bout starts here (protocol clock, ARCHITECTURE.md section 2)
+STEADY_STATE_MIN = 30.0  # the steady-state GIR is the time average over the last 30 min of the clamp
+_STEADY_POINTS = 31  # saved times in that window (every minute)
+
+
+def _clock(minutes: float) -> str | float:
+    """A protocol time: ``"day D HH:MM"`` for a whole minute, else the number of minutes."""
+    minutes = float(minutes)
+    if minutes.is_integer():
+        m = int(minutes)
+        return f"day {m // 1440} {(m % 1440) // 60:02d}:{m % 60:02d}"
+    return minutes
+
+
+def post_exercise_settings(cfg: dict | None) -> dict:
+    """``predict.post_exercise`` of a config with the defaults filled in and checked (the schema checks the same
+    for the workflow; this also covers a library call or a config that skipped the schema)."""
+    out = {**POST_EXERCISE_DEFAULTS, **(cfg or {})}
+    unknown = set(out) - set(POST_EXERCISE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"predict.post_exercise: unknown key(s) {sorted(unknown)}")
+    delays = [float(d) for d in out["delays_h"]]
+    if not delays or not all(np.isfinite(d) and d >= 0 for d in delays):
+        raise ValueError(f"predict.post_exercise.delays_h: need one or more delays >= 0 h, got {out['delays_h']}")
+    if len(set(delays)) != len(delays):
+        raise ValueError(f"predict.post_exercise.delays_h: delays must be unique, got {out['delays_h']}")
+    if not 0 < float(out["intensity"]) <= 1:
+        raise ValueError(f"predict.post_exercise.intensity: must be in (0, 1], got {out['intensity']}")
+    if not float(out["exercise_min"]) > 0 or not float(out["clamp_rate"]) > 0:
+        raise ValueError("predict.post_exercise: exercise_min and clamp_rate must be > 0")
+    if not float(out["clamp_min"]) >= STEADY_STATE_MIN:
+        raise ValueError(f"predict.post_exercise.clamp_min: must be >= {STEADY_STATE_MIN:g} min (the steady-state "
+                         f"window), got {out['clamp_min']}")
+    out["delays_h"] = sorted(delays)
+    for k in ("intensity", "exercise_min", "clamp_rate", "clamp_min"):
+        out[k] = float(out[k])
+    out["enabled"] = bool(out["enabled"])
+    return out
+
+
+def post_exercise_protocols(delays_h, intensity: float = 0.70, exercise_min: float = 60.0, clamp_rate: float = 40.0,
+                            clamp_min: float = 120.0, exercise_start: str = POST_EXERCISE_START
+                            ) -> tuple[list[Protocol], Protocol]:
+    """The protocols of the post-exercise prediction, built with the protocol machinery (``parse_protocol``, the same
+    mapping as a file in ``protocols/scenarios/``): for each delay one exercise bout (``exercise_min`` at
+    ``intensity`` of VO2max from ``exercise_start``) and a euglycemic clamp (insulin ``clamp_rate`` mU/m^2/min,
+    glucose clamped at basal, ``clamp_min`` long) starting ``delay`` hours after the END of the bout; and the control:
+    the same clamp without the bout, at the clock time of the 0 h clamp. Each protocol ends with its clamp."""
+    from .model.protocol import parse_time
+
+    t_ex = parse_time(exercise_start, "<post_exercise>", "exercise_start")
+    t_after = t_ex + float(exercise_min)
+
+    def clamp(t0: float) -> list[dict]:
+        return [{"type": "insulin_infusion", "start": _clock(t0), "duration_min": float(clamp_min),
+                 "rate": float(clamp_rate), "unit": "mU/m2/min"},
+                {"type": "glucose_clamp", "start": _clock(t0), "duration_min": float(clamp_min), "target": "basal"}]
+
+    bout = {"type": "exercise", "start": exercise_start, "duration_min": float(exercise_min),
+            "intensity": float(intensity)}
+    what = f"{clamp_rate:g} mU/m^2/min euglycemic clamp ({clamp_min:g} min)"
+    prots = []
+    for d in delays_h:
+        t0 = t_after + 60.0 * float(d)
+        doc = {"name": f"post_exercise_{float(d):g}h",
+               "description": f"{exercise_min:g} min at {100 * intensity:g} % VO2max from {exercise_start}, then a "
+                              f"{what} {float(d):g} h after the end of the bout",
+               "end": _clock(t0 + clamp_min), "events": [bout, *clamp(t0)]}
+        prots.append(parse_protocol(doc, f"<post_exercise {float(d):g} h>"))
+    control = parse_protocol({"name": "post_exercise_control", "description": f"the same {what} without exercise",
+                              "end": _clock(t_after + clamp_min), "events": clamp(t_after)}, "<post_exercise control>")
+    return prots, control
+
+
+def _scenario_settings(settings: SolverSettings, prots: list[Protocol]) -> SolverSettings:
+    """The solver settings of scenario simulations: the config's solver (``auto`` = Kvaerno5), a step budget that
+    grows with the protocol's length and number of events, no gradients (reverse adjoint, never differentiated)."""
+    need = max(int(200 + pr.end / 5.0 + 400 * len(pr.segments)) for pr in prots)
+    return SolverSettings(name=settings.name, rtol=settings.rtol, atol=settings.atol,
+                          max_steps=max(settings.max_steps, need), adjoint="reverse", dt0=settings.dt0)
+
+
+def _steady_gir_batch(settings: SolverSettings, active):
+    """jit(vmap) of one solve -> (time average of ``gir`` over the saved times, solve ok)."""
+    import jax
+    import jax.numpy as jnp
+
+    def one(p, u, ts, t1):
+        sol = solve(p, u, ts, t1, settings, active)
+        gir = observables(p, u, ts, sol)["gir"]
+        return jnp.trapezoid(gir, ts) / (ts[-1] - ts[0]), sol.ok
+
+    return jax.jit(jax.vmap(one))
+
+
+def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray, settings: SolverSettings,
+                          post_exercise: dict | None = None, log: Callable[[str], None] = print) -> xr.Dataset:
+    """Steady-state GIR of a euglycemic clamp at each delay after one exercise bout, and of the same clamp without
+    exercise, for each posterior draw and group (``post_exercise_protocols``; settings: ``post_exercise_settings``).
+
+    ``pop``/``grp`` hold the parameter draws to simulate (leading axis = draw, as from
+    ``posterior_parameter_draws``), ``draws`` their draw index (the ``draw`` coordinate). Each group gets its own
+    covariates (body weight and surface area of its first condition) and its own insulin kinetics. All groups x
+    (delays + control) are solved in one batch per draw, by one compiled program (protocols padded to a common
+    number of breakpoints). A failed solve gives NaN and ``ok = False``; it never raises."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = post_exercise_settings(post_exercise)
+    delays = cfg["delays_h"]
+    prots, control = post_exercise_protocols(delays, cfg["intensity"], cfg["exercise_min"], cfg["clamp_rate"],
+                                             cfg["clamp_min"])
+    allp = prots + [control]
+    P, G = len(allp), len(data.groups)
+    K = max(n_breakpoints(pr) for pr in allp)
+    covs = data.covariates
+    us, ts, t1 = [], [], []
+    for g in data.groups:
+        row = covs[covs["group"].astype(str) == g].iloc[0]
+        for pr in allp:
+            us.append(build_inputs(pr, float(row["body_weight_kg"]), float(row["bsa_m2"]), None, n_breaks=K))
+            ts.append(np.linspace(pr.end - STEADY_STATE_MIN, pr.end, _STEADY_POINTS))
+            t1.append(pr.end)
+    ub = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *us)
+    tsb, t1b = jnp.asarray(np.stack(ts)), jnp.asarray(np.asarray(t1))
+    gidx = jnp.asarray(np.repeat(np.arange(G), P))
+    ssettings = _scenario_settings(settings, allp)
+    run = _steady_gir_batch(ssettings, active_states(allp, True))
+    nd = len(draws)
+    gir = np.full((nd, G, P), np.nan)
+    ok = np.zeros((nd, G, P), bool)
+    for j in range(nd):
+        p = builder.condition_params({k: jnp.asarray(v[j]) for k, v in pop.items()},
+                                     {k: jnp.asarray(v[j]) for k, v in grp.items()}, gidx)
+        m, o = run(p, ub, tsb, t1b)
+        m, o = np.asarray(m).reshape(G, P), np.asarray(o).reshape(G, P)
+        ok[j] = o & np.isfinite(m)
+        gir[j] = np.where(ok[j], m, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = gir[:, :, :-1] / gir[:, :, -1:]
+    n_failed = int((~ok).sum())
+    log(f"post_exercise: {nd} draws x {G} groups x ({len(delays)} delays + control) (failed solves: {n_failed})")
+    desc = (f"{cfg['exercise_min']:g} min exercise at {100 * cfg['intensity']:g} % VO2max from "
+            f"{POST_EXERCISE_START}, then a {cfg['clamp_rate']:g} mU/m^2/min euglycemic clamp (glucose clamped at "
+            f"basal, {cfg['clamp_min']:g} min) starting delay_h hours after the end of the bout; control: the same "
+            f"clamp without exercise. GIR: time average over the last {STEADY_STATE_MIN:g} min of the clamp.")
+    clamp_start = np.asarray([min(sg.start for sg in pr.segments if sg.kind == "clamp") for pr in prots])
+    return xr.Dataset(
+        {"gir": (("draw", "group", "delay_h"), gir[:, :, :-1],
+                 {"units": OBSERVABLE_UNITS["gir"], "long_name": "steady-state glucose infusion rate after exercise"}),
+         "gir_control": (("draw", "group"), gir[:, :, -1],
+                         {"units": OBSERVABLE_UNITS["gir"],
+                          "long_name": "steady-state glucose infusion rate of the clamp without exercise"}),
+         "ratio": (("draw", "group", "delay_h"), ratio,
+                   {"units": "1", "long_name": "GIR after exercise / GIR of the control clamp"}),
+         "ok": (("draw", "group", "delay_h"), ok[:, :, :-1], {"long_name": "solve succeeded (else NaN)"}),
+         "ok_control": (("draw", "group"), ok[:, :, -1], {"long_name": "control solve succeeded (else NaN)"})},
+        coords={"draw": np.asarray(draws), "group": list(data.groups),
+                "delay_h": ("delay_h", np.asarray(delays, float),
+                            {"units": "h", "long_name": "clamp start after the end of exercise"}),
+                "clamp_start_min": ("delay_h", clamp_start,
+                                    {"units": "min", "long_name": "clamp start since the protocol origin"})},
+        attrs={"description": desc, "units": json.dumps({"gir": OBSERVABLE_UNITS["gir"],
+                                                         "gir_control": OBSERVABLE_UNITS["gir"], "ratio": "1",
+                                                         "delay_h": "h"}),
+               "exercise_start": POST_EXERCISE_START, "exercise_min": cfg["exercise_min"],
+               "intensity": cfg["intensity"], "intensity_unit": "fraction of VO2max",
+               "clamp_rate": cfg["clamp_rate"], "clamp_rate_unit": "mU/m2/min", "clamp_min": cfg["clamp_min"],
+               "clamp_target": "basal", "steady_state_min": STEADY_STATE_MIN, "delays_h": json.dumps(delays),
+               "control": "the same clamp without exercise, starting at the end time of the bout (day 0)",
+               "n_failed": n_failed, "solver": "Kvaerno5" if ssettings.name == "auto" else ssettings.name,
+               "rtol": ssettings.rtol, "atol": ssettings.atol},
+    )
+
+
 def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path], draws: int, solver: dict | None,
-                    repo_root: Path, log: Callable[[str], None] = print, scenario_draws: int = 40) -> xr.DataTree:
+                    repo_root: Path, log: Callable[[str], None] = print, scenario_draws: int = 40,
+                    post_exercise: dict | None = None) -> xr.DataTree:
+    """The predictive DataTree of the module docstring. ``post_exercise``: the config section
+    ``predict.post_exercise`` (None: the defaults, ``POST_EXERCISE_DEFAULTS``; ``enabled: false`` leaves the
+    ``post_exercise`` child out). Scenarios and post-exercise clamps use ``scenario_draws`` evenly thinned draws."""
     import jax
     import jax.numpy as jnp
 
@@ -140,17 +333,15 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     if "posterior_predictive" in tree.children:
         children["posterior_predictive"] = xr.DataTree(tree["posterior_predictive"].to_dataset())
     # -- scenarios: per group, insulin from its own kinetics ------------------------------------------------------
+    sd = min(scenario_draws, nd)
+    sidx = np.unique(np.linspace(0, nd - 1, sd).round().astype(int))
     if scenarios:
         prots = [load_protocol(repo_root / s if not Path(s).is_absolute() else s) for s in scenarios]
         K = max(n_breakpoints(pr) for pr in prots)
         Ts = 241
-        need = max(int(200 + pr.end / 5.0 + 400 * len(pr.segments)) for pr in prots)
-        ssettings = SolverSettings(name=settings.name, rtol=settings.rtol, atol=settings.atol,
-                                   max_steps=max(settings.max_steps, need), adjoint="reverse", dt0=settings.dt0)
+        ssettings = _scenario_settings(settings, prots)
         run_s = _solve_batch_with_slow(ssettings, active_states(prots + [p for p in data.protocols.values()], True))
         covs = data.covariates
-        sd = min(scenario_draws, nd)
-        sidx = np.unique(np.linspace(0, nd - 1, sd).round().astype(int))
         out = np.zeros((len(prots), len(sidx), G, len(OBS), Ts))
         slow = np.zeros((len(prots), len(sidx), G, len(SLOW_QUANTITIES), Ts))
         sts = np.zeros((len(prots), Ts))
@@ -183,6 +374,12 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
                    "markers": json.dumps({pr.name: [[m, float(t)] for m, t in pr.markers] for pr in prots})},
         )
         children["scenarios"] = xr.DataTree(scen_ds)
+    # -- post-exercise insulin sensitivity: clamps at a grid of delays after one bout, and a control clamp -------
+    pe = post_exercise_settings(post_exercise)
+    if pe["enabled"]:
+        children["post_exercise"] = xr.DataTree(post_exercise_dataset(
+            builder, data, {k: v[sidx] for k, v in pop.items()}, {k: v[sidx] for k, v in grp.items()}, idx[sidx],
+            settings, pe, log=log))
     root = xr.DataTree(children=children)
     root.attrs.update({k: v for k, v in tree.attrs.items()})
     return root

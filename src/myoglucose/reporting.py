@@ -22,14 +22,16 @@ from .report import (  # noqa: E402
     plot_data_conditions,
     plot_forest_groups,
     plot_pairs,
+    plot_post_exercise,
     plot_ppc,
     plot_prior_posterior,
     plot_rank,
+    post_exercise_table,
     posterior_contraction,
     save_figure,
     save_table,
 )
-from .report.tables import prior_table, provenance_markdown  # noqa: E402
+from .report.tables import group_differences, prior_table, provenance_markdown  # noqa: E402
 
 SCENARIO_OBSERVABLES = ("glucose_plasma", "insulin_plasma", "gir", "muscle_uptake")
 #: Slow quantities of the training figure (prediction.SLOW_QUANTITIES), with their axis labels.
@@ -221,9 +223,25 @@ def write_fit_report(post: xr.DataTree, pred: xr.DataTree, diagnostics_tsv: Path
             fig("scenarios", lambda: plot_scenarios(pred))
         if training:
             fig("training", lambda: plot_training(pred))
+    if "post_exercise" in pred.children:
+        post_ex = pred["post_exercise"].to_dataset()
+        fig("post_exercise", lambda: plot_post_exercise(post_ex))
+        files.extend(save_table(post_exercise_table(post_ex), out_dir / "post_exercise_gir", caption=(
+            "Predicted steady-state glucose infusion rate (GIR, mg/kg/min; mean of the last "
+            f"{float(post_ex.attrs.get('steady_state_min', 30)):g} min) of a "
+            f"{float(post_ex.attrs.get('clamp_rate', float('nan'))):g} mU/m$^2$/min euglycemic clamp starting "
+            "delay\\_h hours after the end of one exercise bout, and its ratio to the same clamp without exercise "
+            "(control): posterior median and 90 \\% credible interval (q05, q95) per group"),
+            label="tab:post-exercise"))
+        log("table post_exercise_gir")
     conv = pd.read_csv(diagnostics_tsv, sep="\t")
     files.extend(save_table(conv, out_dir / "convergence", caption="Convergence diagnostics per parameter "
                             "(rank-normalised split R-hat, bulk and tail ESS, MCSE)", label="tab:convergence"))
+    gdiff = group_differences(post)
+    files.extend(save_table(gdiff, out_dir / "group_differences", caption="Group differences: posterior ratio of each "
+                            "group-level parameter to the reference group (median, 90 \\% interval), the probability "
+                            "that it is larger, and the group's prior-to-posterior contraction",
+                            label="tab:group-differences"))
     contr = posterior_contraction(post)
     files.extend(save_table(contr, out_dir / "contraction", caption="Prior and posterior mean and sd per parameter, "
                             "with the contraction 1 - var(post)/var(prior)", label="tab:contraction"))

@@ -42,7 +42,9 @@ else:
             _config_error(f"fits: model '{_m}' is not listed under models {MODELS}")
 config["fits"] = [{"dataset": d, "model": m} for d, m in FITS]
 
-for _kind, _ids, _folder in (("datasets", DATASETS, "data"), ("models", MODELS, "models")):
+for _kind, _ids, _folder in (("datasets", DATASETS, "data"), ("models", MODELS, "models"),
+                              ("sbc.dataset", [config["sbc"]["dataset"]], "data"),
+                              ("sbc.model", [config["sbc"]["model"]], "models")):
     for _id in _ids:
         if not Path(_folder, _id).is_dir():
             _config_error(f"{_kind}: '{_id}' has no folder {_folder}/{_id}/")
@@ -104,7 +106,8 @@ GPU_RESOURCES = {"gpu": 1} if config["device"] == "gpu" else {}
 
 # Figures written by `myoglucose report` (one per name, in every format of config report.formats); "scenarios"
 # only when config predict.scenarios has a scenario without training, "training" only when it has one with training
-# or detraining. svg goes into the HTML report, the other formats are plain outputs.
+# or detraining, "post_exercise" only when config predict.post_exercise.enabled. svg goes into the HTML report, the
+# other formats are plain outputs.
 FIT_FIGURES = {
     "ppc": ("Posterior predictive", "posterior predictive check"),
     "curves": ("Posterior predictive", "condition time courses"),
@@ -132,6 +135,12 @@ if not all(_TRAINING):
     FIT_FIGURES["scenarios"] = ("Scenarios", "scenario predictions")
 if any(_TRAINING):
     FIT_FIGURES["training"] = ("Scenarios", "training and detraining")
+# Tables of `myoglucose report` besides convergence, contraction and priors (csv in the report, tex a plain output).
+# The post-exercise clamps (config predict.post_exercise) give a figure and a table of their GIR.
+FIT_TABLES = {}
+if config["predict"]["post_exercise"]["enabled"]:
+    FIT_FIGURES["post_exercise"] = ("Scenarios", "post-exercise insulin sensitivity")
+    FIT_TABLES["post_exercise_gir"] = ("Scenarios", "post-exercise GIR table")
 FIGURE_DIR = "results/figures/{model}/{dataset}"
 OTHER_FORMATS = [fmt for fmt in config["report"]["formats"] if fmt != "svg"]
 
@@ -144,6 +153,11 @@ def fit_figures():
 def fit_figure_copies():
     """The same figures in the other formats of config report.formats (pdf, png)."""
     return [f"{FIGURE_DIR}/{name}.{fmt}" for name in FIT_FIGURES for fmt in OTHER_FORMATS]
+
+
+def fit_tables():
+    """The optional csv tables of one fit (FIT_TABLES), flagged for the report (one caption each)."""
+    return [fit_report_item(f"{name}.csv", category, what) for name, (category, what) in FIT_TABLES.items()]
 
 
 def fit_report_item(filename, category, what):
@@ -223,4 +237,13 @@ def final_outputs():
     targets += expand(rules.behaviours.output, model=MODELS)
     compared = [d for d in DATASETS if len(models_fitted_to(d)) > 1]
     targets += expand(rules.model_comparison.output, dataset=compared)
+    if config["sbc"]["enabled"]:
+        targets += sbc_outputs()
     return targets
+
+
+def sbc_outputs():
+    """Targets of `sbc` (workflow/rules/sbc.smk): the rank tables and figures of the simulation-based calibration of
+    config sbc.model at the design of config sbc.dataset."""
+    where = dict(model=config["sbc"]["model"], dataset=config["sbc"]["dataset"])
+    return expand(rules.sbc_run.output, **where) + expand(rules.sbc_figures.output, **where)

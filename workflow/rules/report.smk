@@ -14,9 +14,12 @@ rule report_fit:
         copies=fit_figure_copies(),  # pdf/png of config report.formats
         convergence=fit_report_item("convergence.csv", "Convergence", "convergence table"),
         contraction=fit_report_item("contraction.csv", "Posterior", "prior-to-posterior contraction"),
+        group_differences=fit_report_item("group_differences.csv", "Posterior", "group differences"),
         priors=fit_report_item("priors.csv", "Methods", "priors"),
+        tables=fit_tables(),  # e.g. post_exercise_gir.csv (common.smk)
         latex=expand(
-            "results/figures/{{model}}/{{dataset}}/{table}.tex", table=["convergence", "contraction", "priors"]
+            "results/figures/{{model}}/{{dataset}}/{table}.tex",
+            table=["convergence", "contraction", "group_differences", "priors", *FIT_TABLES],
         ),
         methods=fit_report_item("methods.md", "Methods", "methods paragraph"),
     log:

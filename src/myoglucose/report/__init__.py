@@ -10,11 +10,18 @@ from myoglucose.report.plots import (
     plot_data_overview,
     plot_forest_groups,
     plot_pairs,
+    plot_post_exercise,
     plot_ppc,
     plot_prior_posterior,
     plot_rank,
 )
-from myoglucose.report.tables import loo_compare, methods_paragraph, posterior_contraction, to_latex
+from myoglucose.report.tables import (
+    loo_compare,
+    methods_paragraph,
+    post_exercise_table,
+    posterior_contraction,
+    to_latex,
+)
 
 __all__ = [
     "data_summary",
@@ -24,9 +31,11 @@ __all__ = [
     "plot_data_overview",
     "plot_forest_groups",
     "plot_pairs",
+    "plot_post_exercise",
     "plot_ppc",
     "plot_prior_posterior",
     "plot_rank",
+    "post_exercise_table",
     "posterior_contraction",
     "save_figure",
     "save_table",

@@ -20,6 +20,7 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from scipy import stats as sps
 
 from myoglucose.diagnostics.convergence import SAMPLE_DIMS, iter_elements
@@ -31,6 +32,7 @@ __all__ = [
     "plot_data_overview",
     "plot_forest_groups",
     "plot_pairs",
+    "plot_post_exercise",
     "plot_ppc",
     "plot_prior_posterior",
     "plot_rank",
@@ -611,3 +613,69 @@ def data_summary(measurements_df: pd.DataFrame, provenance_df: pd.DataFrame | No
     out = pd.DataFrame(rows, columns=DATA_SUMMARY_COLUMNS)
     out["n_subjects"] = out["n_subjects"].astype("Int64")
     return out
+
+
+# ------------------------------------------------------------------------------ post-exercise clamp
+def _post_exercise_ds(pred: xr.DataTree | xr.Dataset) -> xr.Dataset:
+    if isinstance(pred, xr.DataTree):
+        if "post_exercise" not in pred.children:
+            raise KeyError("the predictive file has no post_exercise group (config predict.post_exercise.enabled "
+                           "was false, or it was written by an older `myoglucose predict`); re-run predict")
+        return pred["post_exercise"].to_dataset()
+    return pred
+
+
+def plot_post_exercise(pred: xr.DataTree | xr.Dataset, *, axes: Sequence[Axes] | None = None) -> Figure:
+    """Post-exercise insulin sensitivity: two panels against the hours from the end of an exercise bout to the start
+    of a euglycemic clamp, (1) the steady-state glucose infusion rate and (2) its ratio to the same clamp without
+    exercise. Per group (one colour each): posterior median (line and dots) with 50 % and 90 % credible bands; the
+    control is a dashed reference (its median GIR per group on panel 1, the ratio 1 on panel 2).
+
+    ``pred`` is the ``predict`` output (DataTree with a ``post_exercise`` group) or that group's Dataset
+    (``prediction.post_exercise_dataset``: ``gir``/``ratio`` (draw, group, delay_h), ``gir_control`` (draw, group)).
+    """
+    ds = _post_exercise_ds(pred)
+    fig, (ax_gir, ax_ratio) = _axes_or_grid(axes, 2, 2, (5.0, 3.6))
+    delays = np.asarray(ds["delay_h"].values, dtype=float)
+    groups = [str(g) for g in ds["group"].values]
+    unit = _var_unit(ds["gir"]) or "mg/kg/min"
+    for g_i, g in enumerate(groups):
+        color = f"C{g_i}"
+        for ax, name in ((ax_gir, "gir"), (ax_ratio, "ratio")):
+            y = np.asarray(ds[name].sel(group=g).transpose("draw", "delay_h").values, dtype=float)
+            q = np.full((5, delays.size), np.nan)
+            has = np.isfinite(y).any(axis=0)
+            if has.any():
+                q[:, has] = np.nanquantile(y[:, has], [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+            ax.fill_between(delays, q[0], q[4], color=color, alpha=0.15, lw=0)
+            ax.fill_between(delays, q[1], q[3], color=color, alpha=0.35, lw=0)
+            ax.plot(delays, q[2], "-o", color=color, ms=3, lw=1.4, label=g)
+        ctrl = np.asarray(ds["gir_control"].sel(group=g).values, dtype=float)
+        if np.isfinite(ctrl).any():
+            ax_gir.axhline(float(np.nanmedian(ctrl)), color=color, ls="--", lw=1.0)
+    ax_ratio.axhline(1.0, color="0.3", ls="--", lw=1.0)
+    control = Line2D([], [], color="0.3", ls="--", lw=1.0, label="control: same clamp without exercise (dashed, median)")
+    bands = [Patch(facecolor="0.5", alpha=a, lw=0, label=f"{w} % credible band") for a, w in ((0.35, 50), (0.15, 90))]
+    ax_gir.set_ylabel(_unit_label("steady-state GIR", unit))
+    ax_ratio.set_ylabel("GIR / GIR of the control clamp [1]")
+    ax_gir.set_title("glucose infusion rate (last 30 min of the clamp)", fontsize=9)
+    ax_ratio.set_title("ratio to the same clamp without exercise", fontsize=9)
+    step = 12.0 if delays.max(initial=0.0) >= 24 else None
+    for ax in (ax_gir, ax_ratio):
+        ax.set_xlabel("hours from the end of exercise to the clamp start [h]")
+        if step is not None:
+            ax.set_xticks(np.arange(0.0, delays.max() + step / 2, step))
+        ax.grid(alpha=0.3, lw=0.5)
+    handles, labels = ax_gir.get_legend_handles_labels()
+    fig.legend([*handles, control, *bands], [*labels, control.get_label(), *(b.get_label() for b in bands)],
+               loc="outside lower center", ncols=min(len(handles) + 3, 6), fontsize=8, frameon=False)
+    rate, dur = ds.attrs.get("clamp_rate"), ds.attrs.get("exercise_min")
+    inten = ds.attrs.get("intensity")
+    if rate is not None and dur is not None and inten is not None:
+        fig.suptitle(f"Post-exercise insulin sensitivity: {float(rate):g} mU/m$^2$/min euglycemic clamp after "
+                     f"{float(dur):g} min at {100 * float(inten):g} % VO$_2$max (posterior median, 50/90 % bands)",
+                     fontsize=10)
+    else:
+        fig.suptitle("Post-exercise insulin sensitivity (posterior median, 50/90 % bands)", fontsize=10)
+    return fig
+

@@ -24,8 +24,12 @@ __all__ = [
     "CONTRACTION_COLUMNS",
     "LOO_COLUMNS",
     "loo_compare",
+    "POST_EXERCISE_COLUMNS",
     "PRIOR_COLUMNS",
+    "GROUP_DIFF_COLUMNS",
+    "group_differences",
     "methods_paragraph",
+    "post_exercise_table",
     "posterior_contraction",
     "prior_table",
     "provenance_markdown",
@@ -46,6 +50,10 @@ LOO_COLUMNS = [
     "n_data_points",
 ]
 PARETO_K_BAD = 0.7
+GROUP_DIFF_COLUMNS = ["parameter", "group", "reference", "ratio_median", "ratio_q05", "ratio_q95", "prob_greater",
+                      "differs_90", "contraction"]
+POST_EXERCISE_COLUMNS = ["group", "clamp", "delay_h", "gir_median", "gir_q05", "gir_q95", "ratio_median",
+                         "ratio_q05", "ratio_q95", "n_draws"]
 PRIOR_COLUMNS = ["parameter", "unit", "level", "prior", "location", "scale", "lower", "upper", "distribution",
                  "reference"]
 
@@ -85,6 +93,36 @@ def posterior_contraction(tree: xr.DataTree, var_names: list[str] | None = None)
             }
         )
     return pd.DataFrame(rows, columns=CONTRACTION_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------- group differences
+def group_differences(tree: xr.DataTree, reference: str | None = None) -> pd.DataFrame:
+    """Which mechanisms differ between groups: for every group-level parameter (posterior variables with a
+    ``group`` dimension, the group's typical value) and every group other than ``reference`` (default: the first
+    group), the posterior of the ratio theta_group / theta_reference (median and 90 % interval), the posterior
+    probability that the group's value is the larger one, whether the 90 % interval excludes 1 (``differs_90``),
+    and the group's own prior-to-posterior contraction (how much the data taught about it). Empty when the fit has
+    one group."""
+    post = _dataset(tree, "posterior")
+    contr = posterior_contraction(tree).set_index("parameter")["contraction"]
+    rows = []
+    for name, da in post.data_vars.items():
+        if "group" not in da.dims or da.sizes["group"] < 2 or name.endswith(("_subject", "_sd_subject")):
+            continue
+        groups = [str(g) for g in da["group"].values]
+        ref = reference if reference in groups else groups[0]
+        x_ref = da.sel(group=ref).values.ravel()
+        for g in groups:
+            if g == ref:
+                continue
+            r = da.sel(group=g).values.ravel() / x_ref
+            q05, q50, q95 = np.nanquantile(r, [0.05, 0.5, 0.95])
+            label = f"{name}[{g}]"
+            rows.append({"parameter": name, "group": g, "reference": ref, "ratio_median": float(q50),
+                         "ratio_q05": float(q05), "ratio_q95": float(q95),
+                         "prob_greater": float(np.nanmean(r > 1.0)), "differs_90": bool(q05 > 1.0 or q95 < 1.0),
+                         "contraction": float(contr.get(label, np.nan))})
+    return pd.DataFrame(rows, columns=GROUP_DIFF_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------- LOO
@@ -251,6 +289,34 @@ def _loo(tree: xr.DataTree, var_name: str):
     pareto_k[{dim: keep}] = np.asarray(part.pareto_k.transpose(dim).values, dtype=float)
     return azs.loo(tree, pointwise=True, var_name=var_name, log_weights=log_weights, pareto_k=pareto_k)
 
+
+
+# ------------------------------------------------------------------------------- post-exercise clamp
+def post_exercise_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Median and 90 % credible interval (5 and 95 % quantiles) of the steady-state GIR [mg/kg/min] and of its
+    ratio to the control clamp [1], per group: first the control (the same clamp without exercise; ratio 1), then
+    each delay from the end of exercise to the clamp start (``delay_h`` [h]). ``ds`` is the ``post_exercise`` group
+    of the predictive file; failed solves (NaN) are left out, ``n_draws`` counts the draws that remain. GIR is
+    rounded to 0.001 mg/kg/min, the ratio to 0.0001."""
+
+    def row(group: str, clamp: str, delay: float, gir: np.ndarray, ratio: np.ndarray) -> dict:
+        gir, ratio = gir[np.isfinite(gir)], ratio[np.isfinite(ratio)]
+        qg = np.quantile(gir, [0.5, 0.05, 0.95]) if gir.size else np.full(3, np.nan)
+        qr = np.quantile(ratio, [0.5, 0.05, 0.95]) if ratio.size else np.full(3, np.nan)
+        qg, qr = np.round(qg, 3), np.round(qr, 4)  # GIR to 0.001 mg/kg/min, ratio to 0.01 %
+        return {"group": group, "clamp": clamp, "delay_h": delay, "gir_median": qg[0], "gir_q05": qg[1],
+                "gir_q95": qg[2], "ratio_median": qr[0], "ratio_q05": qr[1], "ratio_q95": qr[2],
+                "n_draws": int(gir.size)}
+
+    rows = []
+    for g in ds["group"].values:
+        ctrl = np.asarray(ds["gir_control"].sel(group=g).values, dtype=float)
+        rows.append(row(str(g), "control (no exercise)", float("nan"), ctrl, ctrl / ctrl))
+        for d in ds["delay_h"].values:
+            sel = {"group": g, "delay_h": d}
+            rows.append(row(str(g), "after exercise", float(d), np.asarray(ds["gir"].sel(sel).values, float),
+                            np.asarray(ds["ratio"].sel(sel).values, float)))
+    return pd.DataFrame(rows, columns=POST_EXERCISE_COLUMNS)
 
 # ----------------------------------------------------------------------------------------- LaTeX
 def _fmt_number(x: Any) -> str:
