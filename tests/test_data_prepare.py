@@ -34,6 +34,7 @@ EXPECTED_ROWS = {
     "roy2007_exercise": 36,
     "sorensen1978_clamp": 104,
     "sorensen1985_civii": 22,
+    "sorensen1985_ivitt": 23,
 }
 
 _CACHE: dict[str, PreparedTables] = {}
@@ -155,6 +156,23 @@ def test_sorensen1985_long_form_unit_conversion():
     i = series(t, "civii_025", "insulin_plasma")
     assert i.value.iloc[0] == pytest.approx(74.6667 / 6.0)  # pmol/L -> mU/L
     assert i.time_min.max() < 200  # the duplicated t = 300 row of the source was dropped
+    assert set(t.measurements.unit) == {"mg/dL", "mU/L"}
+
+
+def test_sorensen1985_ivitt_long_form_unit_conversion():
+    t = prepared("sorensen1985_ivitt")
+    g = series(t, "ivitt_004", "glucose_whole_blood")
+    assert g.value.iloc[0] == pytest.approx(4.585631660997733 * 18.0)  # 82.54 mg/dL: mmol/L -> mg/dL
+    nadir = g.loc[g.value.idxmin()]
+    assert nadir.value == pytest.approx(43.352, abs=1e-3)  # 2.4085 mmol/L
+    assert 25 < nadir.time_min < 35
+    i = series(t, "ivitt_004", "insulin_plasma")
+    assert i.value.iloc[0] == pytest.approx(79.99999 / 6.0)  # 13.33 mU/L: pmol/L -> mU/L
+    assert i.value.max() == pytest.approx(537.7778, abs=1e-3)  # 3226.6668 pmol/L at 3.6 min
+    assert i.time_min.iloc[i.value.argmax()] == pytest.approx(3.630435)
+    cond = t.conditions.set_index("condition_id")
+    assert cond.loc["ivitt_004", "insulin_mode"] == "forced"
+    assert cond.loc["ivitt_004", "protocol_file"] == "protocols/sorensen1985_ivitt_004.yaml"
     assert set(t.measurements.unit) == {"mg/dL", "mU/L"}
 
 

@@ -44,6 +44,15 @@ def test_glucose_bolus_dose():
     assert float(u.at(np.float64(1.0)).glucose_infusion) == pytest.approx(150.0)  # 300 mg/kg over 2 min
 
 
+def test_insulin_bolus_per_kg(root):
+    """0.04 U/kg over 3 min (protocols/sorensen1985_ivitt_004.yaml) = 40/3 mU/kg/min from 0 to 3 min."""
+    pr = parse_protocol(yaml.safe_load((root / "protocols/sorensen1985_ivitt_004.yaml").read_text()), "t")
+    u = build_inputs(pr, 70, 1.83)
+    assert float(u.at(np.float64(1.5)).insulin_infusion) * 3.0 == pytest.approx(40.0, rel=1e-6)  # mU/kg
+    assert float(u.at(np.float64(3.5)).insulin_infusion) == 0.0
+    assert pr.end >= 120.39  # last sample of data/sorensen1985_ivitt
+
+
 @pytest.mark.parametrize(
     "events, end, message",
     [

@@ -1,7 +1,7 @@
 """Protocols: experiments on one timeline -> piecewise-constant model inputs with their jump times.
 
 A protocol file (YAML) lists events (exercise bouts, insulin and glucose infusions or boluses, glucose clamps, training
-programmes) on one timeline in minutes from an origin; see ``docs/protocols.md`` and ``protocols/*.yaml``.
+programmes) on one timeline in minutes from an origin; see ``docs/ARCHITECTURE.md`` section 2 and ``protocols/*.yaml``.
 ``parse_protocol`` validates a mapping (already loaded from YAML) and returns a ``Protocol``; ``build_inputs`` turns
 it into ``InputArrays`` for one subject (body weight and surface area convert per-m^2 and per-kg doses).
 
