@@ -147,3 +147,40 @@ def test_parameter_recovery_on_a_synthetic_cohort(tmp_path):
         true = truth.loc[truth["parameterId"] == k, "value"].iloc[0]
         print(k, true, lo, hi)
         assert lo <= true <= hi
+
+
+def test_cohort_from_a_posterior_takes_its_group_values_spreads_and_noise():
+    """``posterior_typicals`` picks one posterior draw: the group values, the within-group spread and the noise
+    scales of that draw; subjects scatter around their group's value with that spread. Unknown groups and a
+    posterior of another variant are errors that name the file."""
+    import xarray as xr
+
+    from myoglucose.cohort import draw_parameters, posterior_typicals
+    from myoglucose.model.spec import load_model
+
+    spec = load_model(ROOT / "models/core")
+    C, D = 1, 3
+    g = ["lean", "obese"]
+    post = xr.Dataset(
+        {"k_ins_int": (("chain", "draw"), np.full((C, D), 0.07)),
+         "glut4_capacity": (("chain", "draw"), np.full((C, D), 0.8)),
+         "akt_ec50": (("chain", "draw", "group"), np.tile([50.0, 200.0], (C, D, 1))),
+         "gb": (("chain", "draw", "group"), np.tile([90.0, 110.0], (C, D, 1))),
+         "akt_ec50_sd_subject": (("chain", "draw"), np.full((C, D), 0.05)),
+         "gb_sd_subject": (("chain", "draw"), np.full((C, D), 0.0)),
+         "sigma_gir": (("chain", "draw"), np.full((C, D), 0.12))},
+        coords={"group": g})
+    typical, noise, groups = posterior_typicals(post, spec, None, np.random.default_rng(0), "fit.nc")
+    assert groups == g and noise == {"sigma_gir": 0.12}
+    assert typical["akt_ec50"] == {"groups": {"lean": 50.0, "obese": 200.0}, "sd_subject": 0.05}
+    truth = draw_parameters(spec, groups, 40, np.random.default_rng(1), typical).pivot(
+        index="subject_id", columns="parameterId", values="value")
+    grp = np.array([g[i % 2] for i in range(40)])
+    np.testing.assert_allclose(truth["gb"].to_numpy(), np.where(grp == "lean", 90.0, 110.0))  # spread 0
+    lean = np.log(truth["akt_ec50"].to_numpy()[grp == "lean"] / 50.0)
+    assert abs(lean.mean()) < 0.04 and 0.03 < lean.std() < 0.07
+    assert set(truth["k_ins_int"]) == {0.07}
+    with pytest.raises(ValueError, match=r"fit.nc: group\(s\) \['t2d'\] not in the posterior"):
+        posterior_typicals(post, spec, ["t2d"], np.random.default_rng(0), "fit.nc")
+    with pytest.raises(ValueError, match="fit.nc: no posterior for parameter"):
+        posterior_typicals(post.drop_vars("gb"), spec, None, np.random.default_rng(0), "fit.nc")

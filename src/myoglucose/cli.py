@@ -424,13 +424,18 @@ def simulate_cohort_cmd(
     n: int = typer.Option(..., "--n", help="number of virtual subjects"),
     seed: int = typer.Option(..., "--seed", help="random seed (parameters and noise)"),
     out_dir: Path = typer.Option(..., "--out-dir", help="tidy tables + true_parameters.tsv"),
-    groups: str = typer.Option("cohort", "--groups", help="comma-separated group names (subjects cycle through)"),
+    groups: Optional[str] = typer.Option(None, "--groups", help="comma-separated group names (subjects cycle "
+                                         "through); default 'cohort', or every group of --posterior"),
     observables_: str = typer.Option("glucose_plasma,insulin_plasma", "--observables",
                                      help="comma-separated observables to sample"),
     every: float = typer.Option(10.0, "--every", help="sampling interval [min]"),
     config: Optional[Path] = typer.Option(None, "--config", help="config YAML (solver, device)"),
+    posterior: Optional[Path] = typer.Option(None, "--posterior", help="draw the group values, within-group spreads "
+                                             "and noise scales from one random draw of this fit's posterior.nc "
+                                             "(fitted with the same --model) instead of the priors"),
 ):
-    """N virtual subjects (hierarchical prior draws), one protocol, measurement noise -> tidy tables + truth."""
+    """N virtual subjects (hierarchical draws from the priors or from a posterior), one protocol, measurement noise
+    -> tidy tables + true_parameters.tsv."""
     with user_errors():
         cfg = load_config(config)
         setup_runtime(cfg)
@@ -441,9 +446,12 @@ def simulate_cohort_cmd(
 
         spec = load_model(model)
         prot = load_protocol(protocol)
-        c = simulate_cohort(spec, str(protocol), n, seed, [g.strip() for g in groups.split(",") if g.strip()],
+        post = read_tree(posterior)["posterior"].to_dataset() if posterior is not None else None
+        group_list = [g.strip() for g in groups.split(",") if g.strip()] if groups else None
+        c = simulate_cohort(spec, str(protocol), n, seed, group_list,
                             [o.strip() for o in observables_.split(",") if o.strip()],
-                            default_times(prot.end, every), solver=cfg.get("solver"))
+                            default_times(prot.end, every), solver=cfg.get("solver"), posterior=post,
+                            posterior_source=str(posterior))
         write_tables(PreparedTables(measurements=c.measurements, conditions=c.conditions, provenance=c.provenance),
                      out_dir)
         write_atomic_text(out_dir / "true_parameters.tsv", c.truth.to_csv(sep="\t", index=False))
