@@ -242,6 +242,19 @@ def final_outputs():
     return targets
 
 
+def sbc_threads():
+    """Threads of sbc_run (its replications run in parallel processes): config sbc.workers, else every core Snakemake
+    was given (at most 16). Without --cores (`snakemake --report`, a cluster executor) asking for the core count
+    raises: 4 threads then."""
+    if config["sbc"]["workers"]:
+        return config["sbc"]["workers"]
+    try:
+        cores = workflow.cores
+    except Exception:  # WorkflowError: no total number of cores defined
+        cores = None
+    return max(1, min(16, int(cores))) if cores else 4
+
+
 def sbc_outputs():
     """Targets of `sbc` (workflow/rules/sbc.smk): the rank tables and figures of the simulation-based calibration of
     config sbc.model at the design of config sbc.dataset."""

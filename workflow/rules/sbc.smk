@@ -3,10 +3,6 @@
 # design of the template dataset config sbc.dataset (its conditions, sampling times, insulin forcing), fits it with
 # NUTS and ranks the true values among the posterior draws. Added to `all` (and the report) when sbc.enabled.
 
-# Replications run in parallel processes: config sbc.workers, else every core Snakemake was given (at most 16; on a
-# cluster the profile's cpus_per_task caps it). `snakemake --report` parses without --cores, hence the fallback.
-SBC_THREADS = config["sbc"]["workers"] or max(1, min(16, int(workflow.cores or 1)))
-
 
 rule sbc_run:
     input:
@@ -31,7 +27,7 @@ rule sbc_run:
         "results/benchmarks/sbc/{model}/{dataset}.tsv"
     params:
         settings=config_sections("solver", "sbc"),  # rerun trigger only (common.smk)
-    threads: SBC_THREADS
+    threads: sbc_threads()
     resources:
         mem_mb=8000,
         runtime=240,
