@@ -206,8 +206,8 @@ def ecdf_band(n: int, n_ranks: int, alpha: float = 0.05, sims: int = 2000, seed:
     z = np.arange(1, K) / K
     rng = np.random.default_rng(seed)
     ranks = rng.integers(0, n_ranks + 1, size=(sims, n))
-    u = (ranks + 0.5) / (n_ranks + 1)
-    counts = (u[:, :, None] <= z[None, None, :]).sum(axis=1)  # [sims, K-1]
+    u = np.sort((ranks + 0.5) / (n_ranks + 1), axis=1)
+    counts = np.stack([np.searchsorted(row, z, side="right") for row in u])  # [sims, K-1]: #u <= z
     # per simulation: the smallest pointwise two-sided tail probability along z
     cdf = binom.cdf(counts, n, z)
     sf = binom.sf(counts - 1, n, z)
