@@ -148,6 +148,19 @@ def test_parameter_recovery_on_a_synthetic_cohort(tmp_path):
         print(k, true, lo, hi)
         assert lo <= true <= hi
 
+    # the posterior predictive of each data condition uses its own subject's values: basal glucose per subject
+    cfg["predict"] = {"scenarios": [], "draws": 10, "post_exercise": {"enabled": False}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run("predict", "--posterior", tmp_path / "post.nc", "--tidy-dir", cohort, "--model", ROOT / "models/core",
+        "--config", tmp_path / "cfg.yaml", "--out", tmp_path / "pred.nc")
+    cond = xr.load_datatree(tmp_path / "pred.nc", engine="h5netcdf")["conditions"].to_dataset()
+    basal = cond["mean"].sel(observable="glucose_plasma").isel(time_index=0).median("draw").to_series()
+    conds = pd.read_csv(cohort / "conditions.tsv", sep="\t").set_index("condition_id")["subject_id"]
+    gb = truth[truth["parameterId"] == "gb"].set_index("subject_id")["value"]
+    err = np.abs(basal.to_numpy() - gb.loc[conds.loc[basal.index]].to_numpy())
+    print("basal glucose per condition, |predicted - true gb|:", np.round(err, 2))
+    assert err.max() < 3.0  # subjects' gb span 88-122 mg/dL; group-typical values would miss by up to ~15
+
 
 def test_cohort_from_a_posterior_takes_its_group_values_spreads_and_noise():
     """``posterior_typicals`` picks one posterior draw: the group values, the within-group spread and the noise

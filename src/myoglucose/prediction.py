@@ -54,6 +54,14 @@ def posterior_parameter_draws(tree: xr.DataTree, builder, draws: int) -> tuple[d
     return pop, grp, idx
 
 
+def posterior_subject_draws(tree: xr.DataTree, builder, idx: np.ndarray) -> dict:
+    """The same posterior draws ``idx`` of the subject values ``<id>_subject`` [draw, subject] of the subject-level
+    parameters (empty when the fit has no subject level)."""
+    post = tree["posterior"].to_dataset()
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    return {k: post[f"{k}_subject"].values.reshape((C * D, -1))[idx] for k in builder.subject_level()}
+
+
 def scenario_grid(prot, n: int) -> np.ndarray:
     """``n`` save times [min] of a scenario: evenly spaced up to 7 days; for longer ones (training, detraining) once a
     day at the same clock time, one hour before the earliest clock time at which any exercise of the protocol starts
@@ -304,6 +312,7 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     spec, data, builder = load_problem(job)
     settings = SolverSettings.from_dict(solver)
     pop, grp, idx = posterior_parameter_draws(tree, builder, draws)
+    subj = posterior_subject_draws(tree, builder, idx)  # each data condition is simulated with its own subject
     nd = len(idx)
     G = len(data.groups)
     a = data.arrays
@@ -317,7 +326,8 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     cg = np.asarray(a.cond_group)
     for d in range(nd):
         p = builder.condition_params({k: jnp.asarray(v[d]) for k, v in pop.items()},
-                                     {k: jnp.asarray(v[d]) for k, v in grp.items()}, a.cond_group)
+                                     {k: jnp.asarray(v[d]) for k, v in grp.items()}, a.cond_group,
+                                     {k: jnp.asarray(v[d]) for k, v in subj.items()}, a.cond_subject)
         m, ok = run(p, a.inputs, jnp.asarray(ts), a.t1)
         means[d], ok_all[d] = np.asarray(m), np.asarray(ok)
     log(f"predictive: {nd} draws x {Cn} conditions (failed solves: {int((~ok_all).sum())})")
