@@ -58,6 +58,9 @@ def _write_bad(tmp_path, root, edit):
         (lambda df: df.loc.__setitem__((3, "parameterId"), "k_unknown"), "parameterId", "unknown parameter"),
         (lambda df: df.loc.__setitem__((3, "priorType"), "cauchy"), "priorType", "unknown prior"),
         (lambda df: df.loc.__setitem__((3, "nominalValue"), "abc"), "nominalValue", "expected a number"),
+        (lambda df: df.loc.__setitem__((3, "hierarchy"), "partial"), "hierarchy", "unknown hierarchy"),
+        # row 5 is a population-level parameter: centring needs a group level
+        (lambda df: df.loc.__setitem__((3, "hierarchy"), "centered"), "hierarchy", "applies to group"),
     ],
 )
 def test_bad_parameter_tables(tmp_path, root, edit, column, message):
@@ -76,3 +79,15 @@ def test_every_citation_key_is_in_the_bibliography(root, full_spec):
     used = set(re.findall(r"@([A-Za-z]+\d{4})", (root / "src/myoglucose/model/equations.py").read_text()))
     used |= {r.reference for r in full_spec.params.values()}
     assert used <= keys, f"citation keys missing from models/references.bib: {sorted(used - keys)}"
+
+
+def test_hierarchy_column_is_optional_and_inherited(tmp_path, root):
+    """Without the column every parameter is non-centred; a variant inherits its parent's centring, and an override to
+    the population level drops it (no error from the inherited value)."""
+    d = _write_bad(tmp_path, root, lambda df: df.__delitem__("hierarchy"))
+    assert all(not r.centered for r in load_model(d).params.values())
+    full = load_model(root / "models" / "full")
+    assert full.params["gb"].centered and not full.params["akt_ec50"].centered
+    assert load_model(root / "models" / "core").params["gb"].centered
+    sbc = load_model(root / "models" / "core_sbc")  # every parameter at population level
+    assert sbc.params["gb"].level == "population" and not sbc.params["gb"].centered

@@ -225,6 +225,8 @@ data {
   array[PG] int<lower=0, upper=1> grp_log;
   vector[PG] grp_loc;
   vector<lower=0>[PG] grp_scale;
+  array[PG] int<lower=0, upper=1> grp_centered;
+  real<lower=0> grp_spread;  // omega ~ HalfNormal(grp_spread * grp_scale) (numpyro_model.GROUP_SPREAD_PRIOR)  // 1: z_grp are the group values (hierarchy: centered)
   // noise scales (one per noise parameter) and their half-normal prior scales
   int<lower=1> S;
   vector<lower=0>[S] sigma_prior;
@@ -292,7 +294,7 @@ model {
     }
     for (p in 1:PG) {
       for (g in 1:G) {
-        real eta = grp_scale[p] * z_mu[p] + omega[p] * z_grp[p, g];
+        real eta = grp_centered[p] ? grp_scale[p] * z_grp[p, g] : grp_scale[p] * z_mu[p] + omega[p] * z_grp[p, g];
         grp_val[p, g] = grp_log[p] ? exp(log(grp_loc[p]) + eta) : grp_loc[p] + eta;
       }
     }
@@ -306,8 +308,14 @@ model {
   // priors, with every constant (so that log_prob equals minus NumPyro's potential energy)
   target += std_normal_lpdf(z_pop);
   target += std_normal_lpdf(z_mu);
-  target += normal_lpdf(omega | 0, 0.5 * grp_scale) + PG * log(2);
-  target += std_normal_lpdf(to_vector(z_grp));
+  target += normal_lpdf(omega | 0, grp_spread * grp_scale) + PG * log(2);
+  for (p in 1:PG) {
+    if (grp_centered[p]) {
+      target += normal_lpdf(z_grp[p] | z_mu[p], omega[p] / grp_scale[p]);
+    } else {
+      target += std_normal_lpdf(z_grp[p]);
+    }
+  }
   target += normal_lpdf(sigma | 0, sigma_prior) + S * log(2);
   // observation model (numpyro_model.ModelBuilder.observation)
   for (i in 1:N) {
@@ -337,7 +345,7 @@ generated quantities {
   }
   for (p in 1:PG) {
     for (g in 1:G) {
-      real eta = grp_scale[p] * z_mu[p] + omega[p] * z_grp[p, g];
+      real eta = grp_centered[p] ? grp_scale[p] * z_grp[p, g] : grp_scale[p] * z_mu[p] + omega[p] * z_grp[p, g];
       grp_val[p, g] = grp_log[p] ? exp(log(grp_loc[p]) + eta) : grp_loc[p] + eta;
     }
   }

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from myoglucose.inference.numpyro_model import GROUP_SPREAD_PRIOR
+
 HERE = Path(__file__).resolve().parent
 STAN_FILE = HERE / "core_clamp.stan"
 ACTIVE = ("ins_int", "ins_liv", "akt", "as160", "glut4_pm", "glut4_in", "gp", "gt", "clamp_int")
@@ -60,7 +62,7 @@ def export(spec, data, builder, rtol: float, atol: float, max_steps: int, split_
     for r in builder.estimated:
         if r.id not in Q:
             raise ValueError(f"estimated parameter {r.id!r} does not enter the core clamp equations (Q_ORDER)")
-        (grp if (r.level == "group" and G > 1) else pop).append(r)
+        (grp if r.id in builder.group_level() else pop).append(r)
     nominal = {k: float(np.asarray(v)) for k, v in builder.fixed.items()}
     q_fixed = [nominal.get(k, spec.params[k].nominal) for k in Q]
 
@@ -126,7 +128,8 @@ def export(spec, data, builder, rtol: float, atol: float, max_steps: int, split_
         "pop_scale": [r.prior_scale for r in pop],
         "PG": len(grp), "grp_slot": [Q.index(r.id) + 1 for r in grp],
         "grp_log": [int(r.prior == "lognormal") for r in grp], "grp_loc": [r.loc for r in grp],
-        "grp_scale": [r.prior_scale for r in grp],
+        "grp_scale": [r.prior_scale for r in grp], "grp_centered": [int(r.centered) for r in grp],
+        "grp_spread": GROUP_SPREAD_PRIOR,
         "S": len(noise_names), "sigma_prior": [float(s) for s in noise_prior],
         "M": int(inp["ins_t"].shape[1]), "knot_t": inp["ins_t"].tolist(), "knot_v": inp["ins_v"].tolist(),
         "J": J, "n_int": [len(iv) for iv in intervals],

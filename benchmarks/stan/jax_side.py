@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from myoglucose.inference.numpyro_model import GROUP_SPREAD_PRIOR
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,9 +43,9 @@ def median_latents(builder) -> dict:
     G = len(builder.groups)
     lat = {}
     for r in builder.estimated:
-        if r.level == "group" and G > 1:
+        if r.id in builder.group_level():
             lat[f"{r.id}__z_mu"] = np.float64(0.0)
-            lat[f"{r.id}__omega"] = np.float64(0.5 * r.prior_scale * 0.6744897501960817)
+            lat[f"{r.id}__omega"] = np.float64(GROUP_SPREAD_PRIOR * r.prior_scale * 0.6744897501960817)
             lat[f"{r.id}__z"] = np.zeros(G)
         else:
             lat[f"{r.id}__z"] = np.float64(0.0)

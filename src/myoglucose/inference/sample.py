@@ -25,7 +25,7 @@ class SamplerSettings:
     chains: int = 4
     warmup: int = 500
     samples: int = 500
-    target_accept: float = 0.9
+    target_accept: float = 0.95
     dense_mass: bool = True
     max_tree_depth: int = 8
     init: str = "map"  # map | median

@@ -20,6 +20,13 @@ PARAM_COLUMNS = [
     "parameterId", "unit", "nominalValue", "lowerBound", "upperBound", "parameterScale", "priorType", "priorLoc",
     "priorScale", "estimate", "level", "description", "reference",
 ]
+#: optional columns and their default (a table may leave them out)
+OPTIONAL_PARAM_COLUMNS = {"hierarchy": "noncentered"}
+#: ``noncentered``: group values are ``loc + s * z_mu + omega * z_g`` with standard-normal ``z_g`` (best when the data
+#: say little about each group); ``centered``: the group values themselves are sampled around the population location
+#: (best when the data pin each group's value, e.g. basal glucose measured in every group: the non-centred form then
+#: turns that constraint into a curved ridge in (z_mu, omega, z_g) that NUTS crosses with divergences).
+HIERARCHY = {"noncentered", "centered"}
 OBS_COLUMNS = ["observableId", "expression", "unit", "noiseDistribution", "noiseParameter", "description"]
 PRIOR_TYPES = {"lognormal", "normal", "fixed"}
 #: ``population``: one value shared by everyone; ``group``: population -> group (non-centred); ``subject``:
@@ -52,6 +59,11 @@ class ParamRow:
     level: str
     description: str
     reference: str
+    hierarchy: str = "noncentered"
+
+    @property
+    def centered(self) -> bool:
+        return self.hierarchy == "centered"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +104,7 @@ class ModelSpec:
         return files
 
 
-def _read_tsv(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_tsv(path: Path, columns: list[str], optional: dict | None = None) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
     except Exception as e:  # pragma: no cover - pandas message is specific enough
@@ -100,9 +112,13 @@ def _read_tsv(path: Path, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise SpecError(str(path), 1, missing[0], f"missing column(s) {missing}")
-    unknown = [c for c in df.columns if c not in columns]
+    unknown = [c for c in df.columns if c not in columns and c not in (optional or {})]
     if unknown:
-        raise SpecError(str(path), 1, unknown[0], f"unknown column(s) {unknown}; expected {columns}")
+        raise SpecError(str(path), 1, unknown[0], f"unknown column(s) {unknown}; expected {columns}"
+                        + (f" and optionally {list(optional)}" if optional else ""))
+    for c, default in (optional or {}).items():
+        if c not in df.columns:
+            df[c] = default
     if df.empty:
         raise SpecError(str(path), None, None, "table is empty")
     return df
@@ -160,12 +176,18 @@ def _param_row(path: Path, row: int, rec: dict) -> ParamRow:
         raise SpecError(str(path), row, "level", f"unknown level {level!r}; allowed {sorted(LEVELS)}")
     if est == "1" and (prior == "fixed" or level == "fixed"):
         raise SpecError(str(path), row, "estimate", f"{pid!r} is estimated but has a fixed prior or level")
+    hierarchy = (rec.get("hierarchy") or OPTIONAL_PARAM_COLUMNS["hierarchy"]).strip()
+    if hierarchy not in HIERARCHY:
+        raise SpecError(str(path), row, "hierarchy", f"unknown hierarchy {hierarchy!r}; allowed {sorted(HIERARCHY)}")
+    if hierarchy == "centered" and level not in ("group", "subject"):
+        raise SpecError(str(path), row, "hierarchy", f"'centered' applies to group- and subject-level parameters; "
+                        f"{pid!r} is {level!r}")
     return ParamRow(pid, rec["unit"], nom, lo, hi, scale, prior, loc, ps, est == "1", level, rec["description"],
-                    rec["reference"])
+                    rec["reference"], hierarchy)
 
 
 def load_parameters(path: Path) -> dict[str, ParamRow]:
-    df = _read_tsv(path, PARAM_COLUMNS)
+    df = _read_tsv(path, PARAM_COLUMNS, OPTIONAL_PARAM_COLUMNS)
     out: dict[str, ParamRow] = {}
     for i, rec in enumerate(df.to_dict("records")):
         row = i + 2  # header is row 1
@@ -235,13 +257,16 @@ def load_model(model_dir: str | Path) -> ModelSpec:
         rec = {c: str(getattr(params[pid], a)) for c, a in zip(PARAM_COLUMNS, [
             "id", "unit", "nominal", "lower", "upper", "scale", "prior", "loc", "prior_scale", "estimate", "level",
             "description", "reference"])}
+        rec["hierarchy"] = params[pid].hierarchy
         rec["estimate"] = "1" if params[pid].estimate else "0"
         if not isinstance(ov, dict):
             raise SpecError(str(myaml), None, f"overrides.{pid}", "override must be a mapping of column: value")
         for k, v in ov.items():
-            if k not in PARAM_COLUMNS or k == "parameterId":
+            if (k not in PARAM_COLUMNS and k not in OPTIONAL_PARAM_COLUMNS) or k == "parameterId":
                 raise SpecError(str(myaml), None, f"overrides.{pid}.{k}", f"unknown column {k!r}")
             rec[k] = str(int(v)) if k == "estimate" else str(v)
+        if "hierarchy" not in ov and rec["level"] not in ("group", "subject"):
+            rec["hierarchy"] = "noncentered"  # an inherited centring lapses with the group level
         params[pid] = _param_row(myaml, None, rec)
     missing = set(PARAMETER_UNITS) - set(params)
     if missing:
