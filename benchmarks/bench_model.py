@@ -10,7 +10,12 @@ settings (config/config.yaml ``solver``: Kvaerno5, rtol 1e-6, atol 1e-8) and the
 * warm time of a forward solve, a reverse-mode gradient (``jax.grad``, RecursiveCheckpointAdjoint) and a forward-mode
   gradient (``jax.jacfwd``, ForwardMode) of a scalar (mean GIR over the last 30 min of the clamp) with respect to
   every parameter; ``jax.block_until_ready`` before every timer stops; median (and min) of ``--repeats`` runs;
+* a forward-mode gradient with respect to only the parameters the ``full`` variant estimates (what a fit
+  differentiates: its sensitivity gradient propagates exactly these; ``grad_estimated``);
 * gradient / forward-solve time ratios and solver steps (``num_steps``: accepted + rejected).
+
+``--solver Tsit5`` measures the explicit solver that ``solver.name: auto`` picks for the clamp fits
+(docs/performance.md section 1); the default is the implicit solver of scenario simulations.
 
 Writes JSON (``--out``) and a markdown table next to it (``model.md``) naming the machine.
 """
@@ -61,7 +66,7 @@ def timed(f, *args):
     return out, time.perf_counter() - t0
 
 
-def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int) -> dict:
+def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int, estimated: list[str]) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -88,13 +93,18 @@ def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int) ->
         sol = solve(p, u, ts, t1, s, active)
         return jnp.where(sol.ok, jnp.mean(observables(p, u, ts, sol)["gir"]), 0.0), sol.ok, sol.num_steps
 
+    def scalar_estimated(q, p):  # q: the estimated parameters, p: all (the rest held fixed)
+        return scalar({**p, **q}, s_fwd)
+
     programs = {
         "solve": jax.jit(forward_solve),
         "grad_reverse": jax.jit(jax.grad(lambda p: scalar(p, s))),
         "grad_forward": jax.jit(jax.jacfwd(lambda p: scalar(p, s_fwd))),
+        "grad_estimated": jax.jit(lambda p: jax.jacfwd(scalar_estimated)({k: p[k] for k in estimated}, p)),
     }
     out = {"protocol": case["protocol"], "description": case["description"], "end_min": pr.end,
-           "n_states": len(active), "n_params": len(p), "max_steps": s.max_steps, "scalar_window_min": [lo, hi]}
+           "n_states": len(active), "n_params": len(p), "max_steps": s.max_steps, "scalar_window_min": [lo, hi],
+           "estimated": list(estimated)}
     for key, fn in programs.items():
         t0 = time.perf_counter()
         lowered = fn.lower(p)
@@ -118,6 +128,7 @@ def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int) ->
               f"{out[key]['median_s'] * 1e3:.1f} ms", flush=True)
     out["ratio_grad_reverse_over_solve"] = out["grad_reverse"]["median_s"] / out["solve"]["median_s"]
     out["ratio_grad_forward_over_solve"] = out["grad_forward"]["median_s"] / out["solve"]["median_s"]
+    out["ratio_grad_estimated_over_solve"] = out["grad_estimated"]["median_s"] / out["solve"]["median_s"]
     return out
 
 
@@ -136,10 +147,13 @@ def markdown(res: dict) -> str:
         f"all parameters; warm times are the median of {res['repeats']} runs.",
         "",
         "| case | states | params | steps | trace+lower solve / rev / fwd (s) | compile solve / rev / fwd (s) | "
-        "solve (ms) | reverse grad (ms) | forward grad (ms) | rev/solve | fwd/solve |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "solve (ms) | reverse grad (ms) | forward grad (ms) | rev/solve | fwd/solve | estimated-parameter "
+        "grad (ms) | est/solve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, c in res["cases"].items():
+        est = (f" {c['grad_estimated']['median_s'] * 1e3:.1f} | {c['ratio_grad_estimated_over_solve']:.1f} |"
+               if "grad_estimated" in c else " - | - |")
         lines.append(
             f"| {name} | {c['n_states']} | {c['n_params']} | {c['num_steps']} | "
             f"{c['solve']['trace_lower_s']:.1f} / {c['grad_reverse']['trace_lower_s']:.1f} / "
@@ -147,7 +161,10 @@ def markdown(res: dict) -> str:
             f"{c['solve']['compile_s']:.1f} / {c['grad_reverse']['compile_s']:.1f} / "
             f"{c['grad_forward']['compile_s']:.1f} | {c['solve']['median_s'] * 1e3:.1f} | "
             f"{c['grad_reverse']['median_s'] * 1e3:.1f} | {c['grad_forward']['median_s'] * 1e3:.1f} | "
-            f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} |")
+            f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} |" + est)
+    ests = {tuple(c.get("estimated", ())) for c in res["cases"].values()} - {()}
+    if ests:
+        lines += ["", "Estimated parameters (forward mode, the `full` variant's): " + ", ".join(sorted(ests)[0]) + "."]
     lines += ["", "First-call cost = trace+lower + compile (XLA, `lower().compile()`). Warm times: median of the repeats, "
               "each stopped after `jax.block_until_ready`. Steps = accepted + rejected solver steps of one solve."]
     return "\n".join(lines) + "\n"
@@ -161,6 +178,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-save", type=int, default=7, help="save times in the scalar's 30-min window")
     ap.add_argument("--rtol", type=float, default=None, help="override config/config.yaml solver.rtol")
     ap.add_argument("--atol", type=float, default=None, help="override config/config.yaml solver.atol")
+    ap.add_argument("--solver", default=None, help="override config/config.yaml solver.name (e.g. Tsit5)")
     ap.add_argument("--markdown-from", default=None, help="only rewrite the markdown table from an existing JSON")
     args = ap.parse_args(argv)
     if args.markdown_from:
@@ -191,8 +209,14 @@ def main(argv=None) -> int:
         cfg["rtol"] = args.rtol
     if args.atol is not None:
         cfg["atol"] = args.atol
+    if args.solver is not None:
+        cfg["name"] = args.solver
+    if cfg.get("name", "auto") == "auto":
+        cfg["name"] = "Kvaerno5"  # scenario simulations use the implicit solver
     settings = SolverSettings.from_dict(cfg)
-    p = {k: jnp.asarray(v) for k, v in nominal_params(load_model(ROOT / "models/full")).items()}
+    full = load_model(ROOT / "models/full")
+    p = {k: jnp.asarray(v) for k, v in nominal_params(full).items()}
+    estimated = [r.id for r in full.estimated]
 
     res = {
         "machine": {
@@ -206,7 +230,7 @@ def main(argv=None) -> int:
         "cases": {},
     }
     for name in args.cases:
-        res["cases"][name] = bench_case(name, CASES[name], p, settings, args.repeats, args.n_save)
+        res["cases"][name] = bench_case(name, CASES[name], p, settings, args.repeats, args.n_save, estimated)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     res["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
