@@ -225,8 +225,8 @@ data {
   array[PG] int<lower=0, upper=1> grp_log;
   vector[PG] grp_loc;
   vector<lower=0>[PG] grp_scale;
-  array[PG] int<lower=0, upper=1> grp_centered;
-  real<lower=0> grp_spread;  // omega ~ HalfNormal(grp_spread * grp_scale) (numpyro_model.GROUP_SPREAD_PRIOR)  // 1: z_grp are the group values (hierarchy: centered)
+  array[PG] int<lower=0, upper=1> grp_centered;  // 1: z_grp are the group values (hierarchy: centered)
+  real<lower=0> grp_spread;  // omega ~ HalfNormal(grp_spread * grp_scale) (numpyro_model.GROUP_SPREAD_PRIOR)
   // noise scales (one per noise parameter) and their half-normal prior scales
   int<lower=1> S;
   vector<lower=0>[S] sigma_prior;

@@ -29,7 +29,7 @@ OPTIONAL_PARAM_COLUMNS = {"hierarchy": "noncentered"}
 HIERARCHY = {"noncentered", "centered"}
 OBS_COLUMNS = ["observableId", "expression", "unit", "noiseDistribution", "noiseParameter", "description"]
 PRIOR_TYPES = {"lognormal", "normal", "fixed"}
-#: ``population``: one value shared by everyone; ``group``: population -> group (non-centred); ``subject``:
+#: ``population``: one value shared by everyone; ``group``: population -> group (see ``HIERARCHY``); ``subject``:
 #: population -> group -> subject (a subject's value scatters around its group's typical value; with one subject per
 #: group, e.g. group means, it is a group-level parameter); ``fixed``: not estimated.
 LEVELS = {"population", "group", "subject", "fixed"}
