@@ -137,6 +137,30 @@ def prepare(
 
 
 @app.command()
+def combine(
+    tidy_dirs: list[Path] = typer.Option(..., "--tidy-dir",
+                                         help="tidy folder of a member dataset (from `prepare`); give two or more"),
+    same_subjects: bool = typer.Option(False, "--same-subjects",
+                                       help="the members studied the same people: match subjects by id (else each "
+                                            "subject id is prefixed with its dataset id)"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="where the joint measurements.tsv, conditions.tsv, "
+                                                        "provenance.tsv go (results/tidy/<joint id>/)"),
+):
+    """Tidy tables of two or more datasets -> one joint dataset, fitted as one (config `joint`)."""
+    from .data import read_tables, write_tables
+    from .data.combine import combine_tables
+
+    with user_errors():
+        t0 = time.perf_counter()
+        members = [(d.name, read_tables(d, repo_root())) for d in tidy_dirs]
+        tables = combine_tables(members, same_subjects, labels=[str(d) for d in tidy_dirs])
+        write_tables(tables, out_dir)
+        log(f"combined {', '.join(d.name for d in tidy_dirs)} ({'same' if same_subjects else 'different'} subjects): "
+            f"{len(tables.measurements)} measurements, {len(tables.conditions)} conditions -> {out_dir} "
+            f"({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
 def simulate(
     model: Path = typer.Option(..., "--model", help="model variant folder, e.g. models/full"),
     protocol: Path = typer.Option(..., "--protocol", help="protocol YAML file"),

@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -28,16 +29,30 @@ except WorkflowError as err:
     _config_error(f"{_where}: {_cause.message}")
 
 
-# 2. What the schema cannot say: fits refer to listed datasets and models, and their folders exist.
+# 2. What the schema cannot say: joint datasets combine listed datasets, fits refer to listed datasets (or joint
+#    ids) and models, and their folders exist.
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
+JOINT = {
+    _j: {"datasets": list(_spec["datasets"]), "same_subjects": bool(_spec.get("same_subjects", False))}
+    for _j, _spec in (config.get("joint") or {}).items()
+}
+for _j, _spec in JOINT.items():
+    if _j in DATASETS or Path("data", _j).exists():
+        _config_error(f"joint: '{_j}' is also a dataset (listed under datasets or a folder data/{_j}/); "
+                      "give the joint dataset its own id")
+    for _member in _spec["datasets"]:
+        if _member not in DATASETS:
+            _config_error(f"joint.{_j}.datasets: '{_member}' is not listed under datasets {DATASETS}")
+config["joint"] = JOINT
+FITTABLE = DATASETS + list(JOINT)  # what `fits` may name: datasets and joint datasets
 if config.get("fits") is None:
-    FITS = [(d, m) for d in DATASETS for m in MODELS]
+    FITS = [(d, m) for d in FITTABLE for m in MODELS]
 else:
     FITS = [(f["dataset"], f["model"]) for f in config["fits"]]
     for _d, _m in FITS:
-        if _d not in DATASETS:
-            _config_error(f"fits: dataset '{_d}' is not listed under datasets {DATASETS}")
+        if _d not in FITTABLE:
+            _config_error(f"fits: dataset '{_d}' is not listed under datasets {DATASETS} or joint {list(JOINT)}")
         if _m not in MODELS:
             _config_error(f"fits: model '{_m}' is not listed under models {MODELS}")
 config["fits"] = [{"dataset": d, "model": m} for d, m in FITS]
@@ -91,6 +106,8 @@ def config_sections(*names):
 
 # ------------------------------------------------------------------------------------------ rule settings
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+# Tidy tables of a joint id come from rule combine, of any other id from rule prepare.
+JOINT_PATTERN = "|".join(re.escape(j) for j in JOINT) or "(?!)"
 
 wildcard_constraints:
     dataset=ID_PATTERN,
@@ -200,12 +217,28 @@ def _protocol_paths(node):
 def dataset_protocols(wildcards):
     """Protocol files that data/<dataset>/dataset.yaml refers to (conditions.tsv column protocol_file), so that
     editing a protocol re-runs the fits and predictions that simulate it. Read from the source, not from
-    conditions.tsv, so the job graph is known before prepare runs."""
-    meta = Path("data", wildcards.dataset, "dataset.yaml")
-    if not meta.is_file():
-        return []
-    with meta.open(encoding="utf-8") as fh:
-        return sorted(set(_protocol_paths(yaml.safe_load(fh))))
+    conditions.tsv, so the job graph is known before prepare runs. A joint dataset: those of its members."""
+    members = JOINT[wildcards.dataset]["datasets"] if wildcards.dataset in JOINT else [wildcards.dataset]
+    paths = set()
+    for member in members:
+        meta = Path("data", member, "dataset.yaml")
+        if meta.is_file():
+            with meta.open(encoding="utf-8") as fh:
+                paths.update(_protocol_paths(yaml.safe_load(fh)))
+    return sorted(paths)
+
+
+def joint_member_tables(wildcards):
+    """The tidy tables of every member of a joint dataset (rule combine)."""
+    return expand("results/tidy/{member}/{table}.tsv", member=JOINT[wildcards.dataset]["datasets"],
+                  table=("measurements", "conditions", "provenance"))
+
+
+def joint_args(wildcards):
+    """`--tidy-dir results/tidy/<member>` per member, and `--same-subjects` when config joint says so."""
+    spec = JOINT[wildcards.dataset]
+    args = [f"--tidy-dir results/tidy/{member}" for member in spec["datasets"]]
+    return " ".join(args + (["--same-subjects"] if spec["same_subjects"] else []))
 
 
 def models_fitted_to(dataset):
@@ -235,7 +268,7 @@ def final_outputs():
             targets += expand(step.output, dataset=dataset, model=model)
     targets += expand(rules.data_overview.output, dataset=DATASETS)
     targets += expand(rules.behaviours.output, model=MODELS)
-    compared = [d for d in DATASETS if len(models_fitted_to(d)) > 1]
+    compared = [d for d in FITTABLE if len(models_fitted_to(d)) > 1]
     targets += expand(rules.model_comparison.output, dataset=compared)
     if config["sbc"]["enabled"]:
         targets += sbc_outputs()
