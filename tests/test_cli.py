@@ -20,7 +20,7 @@ def run(*args, cwd=ROOT):
     return subprocess.run([*EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "simulate", "fit", "diagnose", "predict", "report", "behaviours",
+@pytest.mark.parametrize("cmd", ["prepare", "combine", "simulate", "fit", "diagnose", "predict", "report", "behaviours",
                                  "compare", "simulate-cohort"])
 def test_every_subcommand_has_help(cmd):
     r = run(cmd, "--help")

@@ -118,6 +118,28 @@ def test_second_model_adds_loo_comparison(workdir: Path) -> None:
     assert "--posterior results/fits/core_copy/katz2000_clamp/posterior.nc --label core_copy" in res.stdout
 
 
+def test_joint_dataset_is_combined_then_fitted_as_one(workdir: Path) -> None:
+    overlay = workdir / "joint.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "datasets": ["katz2000_clamp", "katz2000_fsivgtt"],
+        "joint": {"katz2000": {"datasets": ["katz2000_clamp", "katz2000_fsivgtt"], "same_subjects": True}},
+        "fits": [{"dataset": "katz2000", "model": "core"}],
+    }))
+    res = snakemake(workdir, "-n", "-p", "--configfile", "config/test.yaml", str(overlay))
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["prepare"] == 2 and counts["combine"] == 1 and counts["fit"] == 1, counts
+    assert ("myoglucose combine --tidy-dir results/tidy/katz2000_clamp --tidy-dir results/tidy/katz2000_fsivgtt "
+            "--same-subjects --out-dir results/tidy/katz2000") in res.stdout
+    assert "--tidy-dir results/tidy/katz2000 --model models/core" in res.stdout
+    fit_job = res.stdout.split("rule fit:", 1)[1].split("rule ", 1)[0]
+    # editing a protocol of either member re-runs the joint fit
+    assert "protocols/katz2000_clamp_120.yaml" in fit_job and "protocols/katz2000_fsivgtt.yaml" in fit_job
+    resolved = yaml.safe_load((workdir / "results/config.resolved.yaml").read_text())
+    assert resolved["joint"] == {"katz2000": {"datasets": ["katz2000_clamp", "katz2000_fsivgtt"],
+                                              "same_subjects": True}}
+
+
 @pytest.mark.parametrize(
     ("scenarios", "figures"),
     [
@@ -159,6 +181,14 @@ def test_post_exercise_figure_and_table_follow_the_config(workdir: Path, enabled
         ("datasets: [nosuchdataset]\n", "datasets: 'nosuchdataset' has no folder data/nosuchdataset/"),
         ("predict:\n  post_exercise:\n    delays_h: [0, 24, -6]\n",
          "predict.post_exercise.delays_h.2: -6 is less than the minimum of 0"),
+        ("joint:\n  kz:\n    datasets: [katz2000_clamp, katz2000_fsivgtt]\n",
+         "joint.kz.datasets: 'katz2000_fsivgtt' is not listed under datasets ['katz2000_clamp']"),
+        ("datasets: [katz2000_clamp, katz2000_fsivgtt]\njoint:\n  katz2000_fsivgtt:\n"
+         "    datasets: [katz2000_clamp, katz2000_fsivgtt]\n", "joint: 'katz2000_fsivgtt' is also a dataset"),
+        ("joint:\n  kz:\n    datasets: [katz2000_clamp]\n", "joint.kz.datasets: ['katz2000_clamp'] is too short"),
+        ("joint:\n  kz:\n    datasets: [katz2000_clamp, katz2000_fsivgtt]\n    same_people: true\n",
+         "joint.kz: Additional properties are not allowed ('same_people' was unexpected)"),
+        ("fits:\n  - {dataset: kz, model: core}\n", "fits: dataset 'kz' is not listed under datasets"),
     ],
 )
 def test_bad_config_is_rejected_before_any_rule(workdir: Path, overlay: str, message: str) -> None:
