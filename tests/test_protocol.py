@@ -53,6 +53,22 @@ def test_insulin_bolus_per_kg(root):
     assert pr.end >= 120.39  # last sample of data/sorensen1985_ivitt
 
 
+@pytest.mark.parametrize(("dose", "unit", "per_kg_min"), [
+    (40.0, "mU/kg", 40.0 / 3),          # 0.04 U/kg over 3 min
+    (73.2, "mU/m2", 73.2 * 1.83 / 70 / 3),  # per body surface area, converted with the subject's BSA and weight
+    (2800.0, "mU", 2800.0 / 70 / 3),    # a total dose
+])
+def test_insulin_bolus_dose_equals_the_rate_form(dose, unit, per_kg_min):
+    by_dose = parse_protocol({"name": "d", "end": 60, "events": [
+        {"type": "insulin_bolus", "start": 0, "duration_min": 3, "dose": dose, "unit": unit}]}, "d.yaml")
+    by_rate = parse_protocol({"name": "r", "end": 60, "events": [
+        {"type": "insulin_bolus", "start": 0, "duration_min": 3, "rate": dose / 3, "unit": unit + "/min"}]}, "r.yaml")
+    for pr in (by_dose, by_rate):
+        u = build_inputs(pr, 70, 1.83)
+        assert float(u.at(np.float64(1.5)).insulin_infusion) == pytest.approx(per_kg_min, rel=1e-12)
+        assert float(u.at(np.float64(3.5)).insulin_infusion) == 0.0
+
+
 @pytest.mark.parametrize(
     "events, end, message",
     [
@@ -64,6 +80,12 @@ def test_insulin_bolus_per_kg(root):
         ([{"type": "insulin_infusion", "start": 0, "duration_min": 60, "rate": 40, "unit": "U/h"}], 200,
          "unknown insulin unit"),
         ([{"type": "exercise", "start": 0, "duration_min": 60, "intensity": 1.7}], 200, "must be <= 1"),
+        ([{"type": "insulin_bolus", "start": 0, "duration_min": 3, "dose": 40, "unit": "mU/kg/min"}], 200,
+         "unknown insulin dose unit 'mU/kg/min' for 'dose'"),
+        ([{"type": "insulin_bolus", "start": 0, "duration_min": 3, "rate": 40, "unit": "mU/kg"}], 200,
+         "or give 'dose' in"),
+        ([{"type": "insulin_bolus", "start": 0, "duration_min": 3, "dose": 40, "rate": 13, "unit": "mU/kg"}], 200,
+         "either 'rate' or 'dose'"),
         ([{"type": "sauna", "start": 0}], 200, "unknown event type"),
         ([{"type": "exercise", "start": 0, "duration_min": 60, "intensity": 0.5, "speed": 3}], 200,
          "unknown field"),

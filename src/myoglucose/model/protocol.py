@@ -37,6 +37,7 @@ EVENT_TYPES = {
     "training", "detraining", "fast", "note",
 }
 INSULIN_UNITS = {"mU/m2/min", "mU/kg/min", "mU/min"}
+INSULIN_DOSE_UNITS = {"mU/m2", "mU/kg", "mU"}  # insulin_bolus with `dose:`, given at a constant rate over duration_min
 GLUCOSE_RATE_UNITS = {"mg/kg/min", "mg/min", "mg/m2/min"}
 GLUCOSE_DOSE_UNITS = {"g/kg", "mg/kg", "g"}
 _CLOCK = re.compile(r"^\s*day\s+(-?\d+)\s+(\d{1,2}):(\d{2})\s*$")
@@ -207,13 +208,20 @@ def parse_protocol(doc: Any, source: str = "<protocol>") -> Protocol:
             segs.append(Segment(start, start + dur, "exercise", inten, event=i))
         elif typ in ("insulin_infusion", "insulin_bolus"):
             unit = ev.get("unit")
-            if unit not in INSULIN_UNITS:
-                raise ProtocolError(source, f"{where}, field 'unit'", f"unknown insulin unit {unit!r}; allowed: "
-                                    f"{sorted(INSULIN_UNITS)}")
-            if "rate" in ev:
+            if typ == "insulin_bolus" and "dose" in ev:  # a dose (per kg, per m2 or total) over duration_min
+                if "rate" in ev:
+                    raise ProtocolError(source, f"{where}, field 'dose'", "give either 'rate' or 'dose', not both")
+                if unit not in INSULIN_DOSE_UNITS:
+                    raise ProtocolError(source, f"{where}, field 'unit'",
+                                        f"unknown insulin dose unit {unit!r} for 'dose'; allowed: "
+                                        f"{sorted(INSULIN_DOSE_UNITS)} (a 'rate' takes {sorted(INSULIN_UNITS)})")
+                rate, unit = _num(ev, "dose", source, where, lo=0.0) / dur, unit + "/min"
+            else:
+                if unit not in INSULIN_UNITS:
+                    hint = f"; or give 'dose' in {sorted(INSULIN_DOSE_UNITS)}" if typ == "insulin_bolus" else ""
+                    raise ProtocolError(source, f"{where}, field 'unit'", f"unknown insulin unit {unit!r}; allowed "
+                                        f"for 'rate': {sorted(INSULIN_UNITS)}{hint}")
                 rate = _num(ev, "rate", source, where, lo=0.0)
-            else:  # dose per unit mass/area over the duration
-                rate = _num(ev, "dose", source, where, lo=0.0) / dur
             segs.append(Segment(start, start + dur, "insulin", rate, unit=unit, event=i))
         elif typ == "glucose_infusion":
             unit = ev.get("unit")
