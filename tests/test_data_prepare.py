@@ -147,6 +147,11 @@ def test_sorensen_whole_blood_and_conditions():
     iv = series(t, "ivgtt_05", "glucose_whole_blood")
     assert iv.time_min.iloc[0] < 0 and iv.value.iloc[0] == pytest.approx(74.0)
     assert set(t.measurements[t.measurements.condition_id == "ivgtt_05"].n) == {110}
+    # one typical healthy subject for the four cohort curves (a per-cohort EC50 is not identifiable), each curve
+    # keeping its own cohort size
+    assert set(t.conditions.subject_id) == {"healthy_typical"}
+    n_of = t.measurements.groupby("condition_id")["n"].unique().map(lambda v: sorted(v.tolist()))
+    assert n_of.to_dict() == {"eugc": [11], "cii_25": [5], "cii_40": [6], "ivgtt_05": [110]}
 
 
 def test_sorensen1985_long_form_unit_conversion():
