@@ -181,8 +181,8 @@ def test_post_exercise_figure_and_table_follow_the_config(workdir: Path, enabled
         ("datasets: [nosuchdataset]\n", "datasets: 'nosuchdataset' has no folder data/nosuchdataset/"),
         ("predict:\n  post_exercise:\n    delays_h: [0, 24, -6]\n",
          "predict.post_exercise.delays_h.2: -6 is less than the minimum of 0"),
-        ("joint:\n  kz:\n    datasets: [katz2000_clamp, katz2000_fsivgtt]\n",
-         "joint.kz.datasets: 'katz2000_fsivgtt' is not listed under datasets ['katz2000_clamp']"),
+        ("joint:\n  kz:\n    datasets: [katz2000_clamp, katz2000_fsvgtt]\n",
+         "joint.kz.datasets: 'katz2000_fsvgtt' has no folder data/katz2000_fsvgtt/"),
         ("datasets: [katz2000_clamp, katz2000_fsivgtt]\njoint:\n  katz2000_fsivgtt:\n"
          "    datasets: [katz2000_clamp, katz2000_fsivgtt]\n", "joint: 'katz2000_fsivgtt' is also a dataset"),
         ("joint:\n  kz:\n    datasets: [katz2000_clamp]\n", "joint.kz.datasets: ['katz2000_clamp'] is too short"),

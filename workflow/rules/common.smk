@@ -42,12 +42,15 @@ for _j, _spec in JOINT.items():
         _config_error(f"joint: '{_j}' is also a dataset (listed under datasets or a folder data/{_j}/); "
                       "give the joint dataset its own id")
     for _member in _spec["datasets"]:
-        if _member not in DATASETS:
-            _config_error(f"joint.{_j}.datasets: '{_member}' is not listed under datasets {DATASETS}")
+        if not Path("data", _member, "dataset.yaml").is_file():
+            _config_error(f"joint.{_j}.datasets: '{_member}' has no folder data/{_member}/ with a dataset.yaml")
 config["joint"] = JOINT
 FITTABLE = DATASETS + list(JOINT)  # what `fits` may name: datasets and joint datasets
 if config.get("fits") is None:
-    FITS = [(d, m) for d in FITTABLE for m in MODELS]
+    # every listed dataset, and every joint dataset whose members are all listed (an overlay that lists fewer
+    # datasets, such as config/test.yaml, does not pull in the default joint datasets)
+    _active = [j for j, spec in JOINT.items() if all(m in DATASETS for m in spec["datasets"])]
+    FITS = [(d, m) for d in DATASETS + _active for m in MODELS]
 else:
     FITS = [(f["dataset"], f["model"]) for f in config["fits"]]
     for _d, _m in FITS:
