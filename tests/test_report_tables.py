@@ -110,6 +110,14 @@ def test_methods_paragraph_from_attrs():
     assert "installed when this report was generated" in text
 
 
+def test_methods_paragraph_names_the_members_of_a_joint_dataset():
+    attrs = dict(make_posterior_tree().attrs, dataset_id="katz2000", source_datasets="katz2000_clamp,katz2000_fsivgtt")
+    text = methods_paragraph(attrs, {"chains": 4})
+    assert "jointly to the data sets katz2000_clamp, katz2000_fsivgtt (joint data set \u201ckatz2000\u201d)" in text
+    one = methods_paragraph(dict(attrs, source_datasets="katz2000"), {"chains": 4})
+    assert "to the data set \u201ckatz2000\u201d" in one and "jointly" not in one
+
+
 def test_methods_paragraph_recorded_versions_and_parameters():
     attrs = dict(make_posterior_tree().attrs)
     attrs["package_versions"] = json.dumps(

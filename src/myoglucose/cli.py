@@ -259,7 +259,10 @@ def fit(
         attrs = provenance_attrs(
             config_yaml=yaml.safe_dump(cfg, sort_keys=True), seed=settings.seed, data_files=data_files,
             model_files=spec.sha_inputs(),
-            extra={"model_variant": spec.id, "dataset_id": tidy_dir.name, "solver": problem[2].solver.name,
+            extra={"model_variant": spec.id, "dataset_id": tidy_dir.name,
+                   # the datasets behind the tidy tables: one, or the members of a joint dataset
+                   "source_datasets": ",".join(sorted(set(problem[1].covariates["dataset_id"].astype(str)))),
+                   "solver": problem[2].solver.name,
                    "solver_requested": job.solver.get("name", "auto"),
                    "solver_choice": json.dumps(problem[2].stiffness.as_dict()) if problem[2].stiffness else "",
                    "rtol": problem[2].solver.rtol, "atol": problem[2].solver.atol,

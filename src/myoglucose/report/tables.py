@@ -532,7 +532,10 @@ def methods_paragraph(
     variant = attrs.get("model_variant", "unknown")
     dataset = attrs.get("dataset_id")
     first = f"We fitted the myoglucose ODE model (variant \u201c{variant}\u201d)"
-    if dataset:
+    sources = [d for d in str(attrs.get("source_datasets") or "").split(",") if d]
+    if dataset and len(sources) > 1:  # a joint dataset (config joint): name its members
+        first += f" jointly to the data sets {', '.join(sources)} (joint data set \u201c{dataset}\u201d)"
+    elif dataset:
         first += f" to the data set \u201c{dataset}\u201d"
     if n_measurements is not None:
         first += f" ({_plural(int(n_measurements), 'observation')})"
