@@ -118,6 +118,15 @@ def test_methods_paragraph_names_the_members_of_a_joint_dataset():
     assert "to the data set \u201ckatz2000\u201d" in one and "jointly" not in one
 
 
+def test_methods_paragraph_counts_every_level():
+    params = pd.DataFrame({"parameterId": ["a", "b", "c", "d"], "estimate": [1, 1, 1, 1],
+                           "level": ["population", "population", "subject", "group"],
+                           "priorType": ["lognormal"] * 4, "parameterScale": ["log"] * 4})
+    text = methods_paragraph(dict(make_posterior_tree().attrs), {"chains": 4, "n_groups": 3}, parameters=params)
+    assert "4 parameters were estimated (2 population-level, 1 group-level and 1 subject-level" in text
+    assert "over 3 groups" in text
+
+
 def test_methods_paragraph_recorded_versions_and_parameters():
     attrs = dict(make_posterior_tree().attrs)
     attrs["package_versions"] = json.dumps(

@@ -488,11 +488,12 @@ def _priors_sentence(parameters: pd.DataFrame | None, n_parameters: Any, n_group
     levels = p["level"].astype(str).value_counts() if "level" in p else pd.Series(dtype=int)
     n_pop = int(levels.get("population", 0))
     n_grp = int(levels.get("group", 0))
+    n_sub = int(levels.get("subject", 0))
     parts = [f"{_plural(len(p), 'parameter')} were estimated"]
-    if n_pop or n_grp:
-        detail = f"{n_pop} population-level and {n_grp} group-level"
-        if n_grp and n_groups:
-            detail += f" (one value per group, {_plural(int(n_groups), 'group')})"
+    if n_pop or n_grp or n_sub:
+        detail = f"{n_pop} population-level, {n_grp} group-level and {n_sub} subject-level"
+        if (n_grp or n_sub) and n_groups:
+            detail += f" (group and subject levels over {_plural(int(n_groups), 'group')})"
         parts.append(f"({detail})")
     sentence = " ".join(parts)
     if "priorType" in p and len(p):
