@@ -29,8 +29,8 @@ except WorkflowError as err:
     _config_error(f"{_where}: {_cause.message}")
 
 
-# 2. What the schema cannot say: joint datasets combine listed datasets, fits refer to listed datasets (or joint
-#    ids) and models, and their folders exist.
+# 2. What the schema cannot say: a joint dataset's members have data folders and its id is not a dataset, fits
+#    refer to listed datasets (or joint ids) and models, and their folders exist.
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 JOINT = {
