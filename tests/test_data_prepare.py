@@ -30,7 +30,7 @@ EXPECTED_ROWS = {
     "bergman1981_ivgtt": 172,
     "il6_anchors": 5,
     "katz2000_clamp": 212,
-    "katz2000_fsivgtt": 151,
+    "katz2000_fsivgtt": 147,
     "roy2007_exercise": 36,
     "sorensen1978_clamp": 104,
     "sorensen1985_civii": 22,
@@ -133,6 +133,26 @@ def test_katz_fsivgtt_numbers():
     ins = series(t, "fsivgtt_nonobese", "insulin_plasma")
     late_peak = ins[(ins.time_min > 20) & (ins.time_min < 30)].value.max()
     assert late_peak == pytest.approx(145.9, abs=0.5)  # exogenous insulin from t = 20 min
+
+
+def test_katz_fsivgtt_curation_corrections():
+    """dataset.yaml moves each curve's pre-bolus basal sample to t = 0 and leaves out the glucose samples taken during
+    the 2-min injection; the provenance table records each decision with its reason."""
+    t = prepared("katz2000_fsivgtt")
+    for cond, basal, dropped in (("fsivgtt_nonobese", 85.2647, [1.422]), ("fsivgtt_obese", 87.0741, [0.639, 1.878]),
+                                 ("fsivgtt_t2d", 164.3836, [1.216])):
+        g = series(t, cond, "glucose_plasma")
+        assert g.time_min.iloc[0] == 0.0 and g.value.iloc[0] == pytest.approx(basal)
+        assert not ((g.time_min > 0) & (g.time_min < 2.0)).any(), cond  # nothing left inside the injection
+        for tm in dropped:
+            assert not (g.time_min - tm).abs().lt(1e-3).any()
+    ins = series(t, "fsivgtt_obese", "insulin_plasma")
+    assert ins.time_min.iloc[0] == 0.0 and ins.value.iloc[0] == pytest.approx(16.8519)
+    assert ins.time_min.iloc[1] == pytest.approx(1.689)  # insulin during the injection is kept (first phase)
+    prov = t.provenance.set_index("source_id")
+    how = prov.loc["katz2000_fsivgtt:glucose_obese", "how_obtained"]
+    assert "row at 0.639 min excluded (sampled during the 2-min glucose injection" in how
+    assert "row at 0.372 min time set to 0 min (pre-bolus basal sample" in how
 
 
 def test_sorensen_whole_blood_and_conditions():

@@ -402,3 +402,53 @@ def test_read_tables_rejects_malformed_tsv(tidy, tmp_path):
         read_tables(out, root)
     assert info.value.file == str(p)
     assert (info.value.row, info.value.column) == (11, "value")
+
+
+# ---------------------------------------------------------------------------------------------- corrections
+FSIVGTT_YAML = "data/katz2000_fsivgtt/dataset.yaml"
+
+
+@pytest.fixture
+def fsivgtt(tmp_path):
+    return copy_dataset(tmp_path, "katz2000_fsivgtt")
+
+
+def _edit_yaml(ds: Path, old: str, new: str) -> None:
+    y = ds / "dataset.yaml"
+    text = y.read_text()
+    assert old in text
+    y.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("old,new,needle,column,match", [
+    ("{time_min: 1.422, exclude: true", "{time_min: 1.5, exclude: true", "time_min: 1.5,", "time_min",
+     "the correction at 1.5 min matches no row of 'raw/glucose_nonobese.csv'"),
+    ("{time_min: 1.422, exclude: true", "{time_min: 1.422, exclude: true, set_time_min: 1", "time_min: 1.422,",
+     "set_time_min", "exactly one of 'set_time_min: <min>' and 'exclude: true'"),
+], ids=["matches-no-row", "two-actions"])
+def test_bad_correction(fsivgtt, tmp_path, old, new, needle, column, match):
+    root, ds = fsivgtt
+    _edit_yaml(ds, old, new)
+    line = yaml_line_of(ds / "dataset.yaml", needle)
+    expect_error(root, ds, tmp_path, file=FSIVGTT_YAML, row=line, column=column, match=match)
+
+
+def test_correction_needs_a_reason(fsivgtt, tmp_path):
+    root, ds = fsivgtt
+    text = (ds / "dataset.yaml").read_text()
+    start = text.index("{time_min: 1.422, exclude: true")
+    end = text.index("}", start)
+    (ds / "dataset.yaml").write_text(text[:start] + "{time_min: 1.422, exclude: true" + text[end:])
+    line = yaml_line_of(ds / "dataset.yaml", "time_min: 1.422,")
+    expect_error(root, ds, tmp_path, file=FSIVGTT_YAML, row=line, column="reason", match="missing required key 'reason'")
+
+
+def test_correction_that_breaks_time_order(fsivgtt, tmp_path):
+    """A corrected time goes through the same checks as a raw one (here: the series must stay time-ordered)."""
+    root, ds = fsivgtt
+    _edit_yaml(ds, "{time_min: 0.405, set_time_min: 0,", "{time_min: 0.405, set_time_min: 5,")
+    with pytest.raises(DataValidationError) as info:
+        prepare_to_dir(ds, tmp_path / "out", root)
+    assert info.value.file == "data/katz2000_fsivgtt/raw/glucose_nonobese.csv"
+    assert info.value.column == "time_min"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -263,6 +263,8 @@ def fit(
                    # the datasets behind the tidy tables: one, or the members of a joint dataset
                    "source_datasets": ",".join(sorted(set(problem[1].covariates["dataset_id"].astype(str)))),
                    "solver": problem[2].solver.name,
+                   # estimated in the variant, held at nominal here: no condition can inform them
+                   "not_informed_parameters": ",".join(problem[2].not_informed),
                    "solver_requested": job.solver.get("name", "auto"),
                    "solver_choice": json.dumps(problem[2].stiffness.as_dict()) if problem[2].stiffness else "",
                    "rtol": problem[2].solver.rtol, "atol": problem[2].solver.atol,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .model.equations import INSULIN_KINETIC_PARAMS
 from .model.protocol import build_inputs
 from .model.simulate import OBSERVABLE_UNITS, SolverSettings, active_states, observables, solve
 from .model.spec import ModelSpec
@@ -41,6 +42,8 @@ def draw_parameters(spec: ModelSpec, groups: list[str], n: int, rng: np.random.G
     rows = []
     subj_group = [groups[i % len(groups)] for i in range(n)]
     for r in spec.estimated:
+        if typical is not None and r.id not in typical:
+            continue  # held at its nominal value by the fit (``posterior_typicals``)
         log = r.prior == "lognormal"
         s_sd = 0.25 * r.prior_scale if r.level == "subject" else 0.0
         if typical is not None:
@@ -67,21 +70,24 @@ def posterior_typicals(posterior, spec: ModelSpec, groups: list[str] | None, rng
     ``sigma_<observable>`` of that draw, and the groups (all of the posterior's unless ``groups`` names some).
     Errors name the file (``source``), the parameter or the group."""
     post = posterior
-    missing = [r.id for r in spec.estimated if r.id not in post.data_vars]
+    # insulin-kinetic parameters are absent from a fit whose conditions all took measured insulin (the fit held them
+    # at nominal values): they stay nominal here too
+    estimated = [r for r in spec.estimated if r.id in post.data_vars or r.id not in INSULIN_KINETIC_PARAMS]
+    missing = [r.id for r in estimated if r.id not in post.data_vars]
     if missing:
         raise ValueError(f"{source}: no posterior for parameter(s) {missing} of model {spec.id!r}; simulate with the "
                          "model variant that was fitted")
     post_groups = [str(g) for g in post["group"].values] if "group" in post.coords else []
     if groups is None:
         groups = post_groups or ["cohort"]
-    grouped = [r.id for r in spec.estimated if "group" in post[r.id].dims]
+    grouped = [r.id for r in estimated if "group" in post[r.id].dims]
     unknown = [g for g in groups if grouped and g not in post_groups]
     if unknown:
         raise ValueError(f"{source}: group(s) {unknown} not in the posterior; it has {post_groups}")
     C, D = post.sizes["chain"], post.sizes["draw"]
     c, d = int(rng.integers(C)), int(rng.integers(D))
     typical = {}
-    for r in spec.estimated:
+    for r in estimated:
         da = post[r.id].isel(chain=c, draw=d)
         vals = {g: float(da.sel(group=g)) if "group" in da.dims else float(da) for g in groups}
         sd = f"{r.id}_sd_subject"

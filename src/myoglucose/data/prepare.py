@@ -22,6 +22,7 @@ from ..io import default_mode
 from .errors import DataValidationError
 from .measurement_table import validate_tidy_tables
 from .readers import (
+    CORRECTION_TIME_TOL,
     DatasetSpec,
     FileSpec,
     load_yaml_with_lines,
@@ -205,6 +206,7 @@ def _file_rows(
     units_pub: dict[str, str] = {}
     conversions: dict[str, str] = {}
     source_id = f"{spec.dataset_id}:{Path(fs.path).stem}"
+    applied: dict = {}  # correction -> the raw line it matched
     for line, cells in table.rows:
         # condition / subject / group
         if is_long and "condition_id" in cells and not is_na(cells["condition_id"]):
@@ -245,6 +247,16 @@ def _file_rows(
         conversions[f"{obs}: {conv.description}"] = conv.description
         # numbers
         t = parse_float(cells["time_min"], label, line, "time_min", what="time")
+        corr = next((c for c in fs.corrections if abs(c.time_min - t) < CORRECTION_TIME_TOL), None)
+        if corr is not None:
+            if corr in applied:
+                raise DataValidationError(yl, corr.line, "time_min",
+                                          f"the correction at {corr.time_min:g} min matches more than one row of "
+                                          f"'{fs.path}' (it matched {label} row {applied[corr]} and row {line})")
+            applied[corr] = line
+            if corr.exclude:
+                continue
+            t = corr.set_time_min
         v = parse_float(cells["value"], label, line, "value", nonnegative=obs not in ALLOWED_NEGATIVE, what=f"{obs} value")
         sd = parse_float(cells.get("sd"), label, line, "sd", allow_na=True, nonnegative=True, what="sd")
         sem = parse_float(cells.get("sem"), label, line, "sem", allow_na=True, nonnegative=True, what="sem")
@@ -283,6 +295,10 @@ def _file_rows(
                 "source_id": source_id,
             }
         )
+    for c in fs.corrections:
+        if c not in applied:
+            raise DataValidationError(yl, c.line, "time_min",
+                                      f"the correction at {c.time_min:g} min matches no row of '{fs.path}'")
     return records, list(units_pub), list(conversions)
 
 
@@ -317,6 +333,8 @@ def prepare_dataset(dataset_dir: Path, repo_root: Path) -> PreparedTables:
         how = fs.how_obtained
         if fs.measurement_error:
             how += f" Measurement error: {fs.measurement_error}"
+        if fs.corrections:
+            how += " Curation: " + "; ".join(c.describe() for c in fs.corrections) + "."
         prov_rows.append(
             {
                 "source_id": f"{spec.dataset_id}:{Path(fs.path).stem}",

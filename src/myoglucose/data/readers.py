@@ -157,6 +157,22 @@ class ConditionSpec:
 
 
 @dataclass(frozen=True)
+class Correction:
+    """One curation decision on one raw row, named by its time: move it (``set_time_min``) or leave it out of the
+    tidy table (``exclude``). Every correction carries its reason, which goes into the provenance table."""
+
+    time_min: float
+    set_time_min: float | None
+    exclude: bool
+    reason: str
+    line: int = 1
+
+    def describe(self) -> str:
+        what = "excluded" if self.exclude else f"time set to {self.set_time_min:g} min"
+        return f"row at {self.time_min:g} min {what} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class FileSpec:
     path: str
     observable_id: str | None
@@ -169,6 +185,7 @@ class FileSpec:
     n: int | None
     line: int = 1
     key_lines: dict = field(default_factory=dict)
+    corrections: tuple[Correction, ...] = ()
 
     def line_of(self, key: str) -> int:
         return self.key_lines.get(key, self.line)
@@ -198,8 +215,10 @@ _SUBJECT_KEYS = (("id", "group", "body_weight_kg", "bsa_m2", "covariate_basis"),
 _CONDITION_KEYS = (("id", "subject", "protocol_file", "insulin_mode"), ("notes",))
 _FILE_KEYS = (
     ("path", "figure_or_table"),
-    ("observable_id", "unit", "condition", "citation", "how_obtained", "measurement_error", "n", "notes"),
+    ("observable_id", "unit", "condition", "citation", "how_obtained", "measurement_error", "n", "notes",
+     "corrections"),
 )
+_CORRECTION_KEYS = (("time_min", "reason"), ("set_time_min", "exclude"))
 
 
 class _Y:
@@ -266,6 +285,34 @@ class _Y:
                 raise self.err(d, key, f"every entry of '{key}' must be a mapping, got {item!r}")
             out.append(item)
         return out
+
+
+def _corrections(y: "_Y", d: dict) -> tuple[Correction, ...]:
+    """The ``corrections:`` list of a files: entry (may be absent)."""
+    if "corrections" not in d:
+        return ()
+    out: list[Correction] = []
+    for c in y.items(d, "corrections"):
+        y.keys(c, _CORRECTION_KEYS, "a corrections: entry")
+        t = parse_float(c.get("time_min"), y.label, _line(c, "time_min"), "time_min", what="'time_min'")
+        exclude = c.get("exclude", False)
+        if not isinstance(exclude, bool):
+            raise y.err(c, "exclude", f"'exclude' must be true or false, got {exclude!r}")
+        has_set = "set_time_min" in c
+        if exclude == has_set:
+            raise DataValidationError(y.label, _line(c), "set_time_min",
+                                      "a correction needs exactly one of 'set_time_min: <min>' and 'exclude: true'")
+        new = (parse_float(c.get("set_time_min"), y.label, _line(c, "set_time_min"), "set_time_min",
+                           what="'set_time_min'") if has_set else None)
+        if any(abs(o.time_min - t) < CORRECTION_TIME_TOL for o in out):
+            raise y.err(c, "time_min", f"two corrections name the row at {t:g} min")
+        out.append(Correction(time_min=t, set_time_min=new, exclude=exclude, reason=y.text(c, "reason"),
+                              line=_line(c)))
+    return tuple(out)
+
+
+#: a correction names its raw row by time_min; digitised times carry three decimals
+CORRECTION_TIME_TOL = 5e-4
 
 
 def read_dataset_yaml(dataset_dir: Path, label: str) -> DatasetSpec:
@@ -395,6 +442,7 @@ def read_dataset_yaml(dataset_dir: Path, label: str) -> DatasetSpec:
                 n=y.integer(d, "n") if "n" in d else None,
                 line=_line(d),
                 key_lines=dict(d.get(_KEY_LINES, {})),
+                corrections=_corrections(y, d),
             )
         )
     return DatasetSpec(

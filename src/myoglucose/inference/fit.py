@@ -145,6 +145,9 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         f"{len(builder.subject_level())} subject-level over {len(data.subjects)} subjects), "
         f"{len(data.measurements)} measurements in {len(data.conditions)} conditions, "
         f"{len(data.active)} active states; backend {info['backend']}")
+    if builder.not_informed:
+        log(f"every condition takes measured insulin as forcing, so {', '.join(builder.not_informed)} (insulin "
+            "kinetics) stay at their nominal values")
     if builder.stiffness is not None:
         rep = builder.stiffness.as_dict()
         log(f"solver auto -> {builder.solver.name}: largest Jacobian spectral radius {rep['rho_max_per_min']:.3g}/min "

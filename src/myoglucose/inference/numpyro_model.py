@@ -35,6 +35,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
+from ..model.equations import INSULIN_KINETIC_PARAMS
 from ..model.simulate import SolverSettings, observables, solve
 from ..model.spec import ModelSpec
 from .arrays import FitArrays, FitData
@@ -78,8 +79,14 @@ class ModelBuilder:
 
     def __init__(self, spec: ModelSpec, data: FitData, solver: SolverSettings):
         self.spec, self.data, self.solver = spec, data, solver
-        self.estimated = [r for r in spec.estimated]
-        self.fixed = {k: jnp.asarray(r.nominal) for k, r in spec.params.items() if not r.estimate}
+        # without a kinetic-insulin condition the insulin-kinetic parameters cannot act: they stay nominal
+        modes = set(data.covariates["insulin_mode"].astype(str)) if "insulin_mode" in data.covariates else {"kinetic"}
+        no_kinetics = modes == {"forced"}
+        #: estimated in the variant but fixed at nominal in this fit, because no condition can inform them
+        self.not_informed = [r.id for r in spec.estimated if no_kinetics and r.id in INSULIN_KINETIC_PARAMS]
+        self.estimated = [r for r in spec.estimated if r.id not in self.not_informed]
+        self.fixed = {k: jnp.asarray(r.nominal) for k, r in spec.params.items()
+                      if not r.estimate or k in self.not_informed}
         self.groups = data.groups
         self.subjects = data.subjects
         # a subject level exists only when some group holds more than one subject

@@ -127,6 +127,13 @@ PARAMETER_UNITS: dict[str, str] = {
 }
 PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETER_UNITS)
 
+#: Parameters that act only through the insulin kinetics (``d_ins`` and the kinetic basal insulin). With measured
+#: insulin as forcing they have no effect at all (tested), so a fit whose every condition is forced leaves them at
+#: their nominal values instead of sampling their priors.
+INSULIN_KINETIC_PARAMS: tuple[str, ...] = (
+    "ib", "v_ins", "n_ins", "cl_ex", "sec_glc_power", "sec_ex_supp", "e_glp1_sec",
+)
+
 Params = dict[str, Array]
 
 
