@@ -44,5 +44,5 @@ def test_kinetic_insulin_fit_samples_insulin_kinetics(tmp_path):
     spec, data, b = _problem(tmp_path, "katz2000_fsivgtt")
     assert b.not_informed == []
     sampled = {r.id for r in b.estimated}
-    assert {"ib", "sec_glc_power", "n_ins", "v_ins"} <= sampled
+    assert {"ib", "sec_glc_power", "k1", "k2", "v_g"} <= sampled
     assert "ib" in b.group_level() and "sec_glc_power" in b.group_level()
