@@ -23,7 +23,7 @@ def _problem(tmp_path, dataset: str):
 
     out = tmp_path / dataset
     prepare_to_dir(ROOT / "data" / dataset, out, ROOT)
-    return load_problem(FitJob(tidy_dir=str(out), model_dir=str(ROOT / "models/core"), repo_root=str(ROOT),
+    return load_problem(FitJob(tidy_dir=str(out), model_dir=str(ROOT / "models/core_ivgtt"), repo_root=str(ROOT),
                                solver=SOLVER, sampler={}))
 
 
@@ -31,7 +31,7 @@ def test_forced_insulin_fit_holds_insulin_kinetics_at_nominal(tmp_path):
     spec, data, b = _problem(tmp_path, "katz2000_clamp")
     assert set(data.covariates["insulin_mode"]) == {"forced"}
     variant_kinetic = [r.id for r in spec.estimated if r.id in INSULIN_KINETIC_PARAMS]
-    assert variant_kinetic, "the core variant estimates insulin-kinetic parameters"
+    assert variant_kinetic, "the core_ivgtt variant estimates insulin-kinetic parameters"
     assert b.not_informed == variant_kinetic
     sampled = {r.id for r in b.estimated}
     assert not sampled & set(INSULIN_KINETIC_PARAMS)

@@ -53,8 +53,7 @@ def test_subject_level_appears_only_when_groups_hold_several_subjects():
     b, data = _builder(6, ["a", "b"])
     assert data.subjects == ("s01", "s02", "s03", "s04", "s05", "s06")
     assert np.asarray(data.arrays.subject_group).tolist() == [0, 1, 0, 1, 0, 1]
-    assert b.subject_level() == ["ib", "akt_ec50", "gb"]
-    assert b.group_level() == ["ib", "sec_glc_power", "akt_ec50", "gb"]
+    assert b.subject_level() == ["akt_ec50", "gb"] and b.group_level() == ["akt_ec50", "gb"]
     lat = b.prior_latents(jax.random.PRNGKey(0), 3)
     assert lat["akt_ec50__zs"].shape == (3, 6) and lat["akt_ec50__tau"].shape == (3,)
     one = jax.tree.map(lambda v: v[0], lat)
@@ -70,11 +69,11 @@ def test_subject_level_appears_only_when_groups_hold_several_subjects():
 
     # one subject per group (group means, e.g. Katz 2000): no subject level, the parameters stay group-level
     b1, _ = _builder(2, ["a", "b"])
-    assert b1.subject_level() == [] and b1.group_level() == ["ib", "sec_glc_power", "akt_ec50", "gb"]
+    assert b1.subject_level() == [] and b1.group_level() == ["akt_ec50", "gb"]
     assert "akt_ec50__zs" not in b1.prior_latents(jax.random.PRNGKey(0), 1)
     # one group of several subjects: population -> subject
     b2, _ = _builder(4, ["cohort"])
-    assert b2.group_level() == [] and b2.subject_level() == ["ib", "akt_ec50", "gb"]
+    assert b2.group_level() == [] and b2.subject_level() == ["akt_ec50", "gb"]
     one = jax.tree.map(lambda v: v[0], b2.prior_latents(jax.random.PRNGKey(1), 1))
     pop, grp, _ = b2.natural(one)
     assert np.asarray(b2.subject_values(one, pop, grp)["gb"]).shape == (4,)
@@ -172,10 +171,10 @@ def test_cohort_from_a_posterior_takes_its_group_values_spreads_and_noise():
     from myoglucose.cohort import draw_parameters, posterior_typicals
     from myoglucose.model.spec import load_model
 
-    spec = load_model(ROOT / "models/core")
+    spec = load_model(ROOT / "models/core_ivgtt")
     C, D = 1, 3
     g = ["lean", "obese"]
-    # a posterior of a fit whose conditions all took measured insulin: no insulin-kinetic parameters in it
+    # a core_ivgtt posterior of a fit whose conditions all took measured insulin: no insulin-kinetic parameters in it
     post = xr.Dataset(
         {"k_ins_int": (("chain", "draw"), np.full((C, D), 0.07)),
          "k1": (("chain", "draw"), np.full((C, D), 0.05)),
@@ -216,7 +215,7 @@ def test_centred_and_non_centred_hierarchies_are_the_same_prior():
     from scipy.stats import ks_2samp
 
     b, _ = _builder(3, ["a", "b", "c"])
-    assert b.spec.params["gb"].centered and b.group_level() == ["ib", "sec_glc_power", "akt_ec50", "gb"]
+    assert b.spec.params["gb"].centered and b.group_level() == ["akt_ec50", "gb"]
     nc = dataclasses.replace(b.spec.params["gb"], hierarchy="noncentered")
     b_nc, _ = _builder(3, ["a", "b", "c"])
     b_nc.spec = dataclasses.replace(b.spec, params={**b.spec.params, "gb": nc})
