@@ -22,15 +22,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: the steps measured in docs/inference.md, relative to the shipped ``core`` (which already has the first two)
+IVGTT = {"ib": {"estimate": 1, "level": "subject", "hierarchy": "centered"},
+         "sec_glc_power": {"estimate": 1, "level": "group"}}
+EXCHANGE = {k: {"estimate": 1, "level": "population"} for k in ("k1", "k2", "v_g")}
+INSULIN = {k: {"estimate": 1, "level": "population"} for k in ("n_ins", "v_ins")}
+LIVER = {k: {"estimate": 1, "level": "population"} for k in ("egp_glc_power", "k_ins_liv")}
+#: the steps measured in docs/inference.md, each a complete set of overrides on top of ``--base`` (``core``)
 STEPS = {
-    "shipped": {},
-    "- glucose exchange and volume": {k: {"estimate": 0} for k in ("k1", "k2", "v_g")},
-    "- basal insulin and beta-cell sensitivity": {"ib": {"estimate": 0}, "sec_glc_power": {"estimate": 0}},
-    "+ insulin clearance and volume": {"n_ins": {"estimate": 1, "level": "population"},
-                                       "v_ins": {"estimate": 1, "level": "population"}},
-    "+ EGP autoregulation and hepatic insulin delay": {"egp_glc_power": {"estimate": 1, "level": "population"},
-                                                       "k_ins_liv": {"estimate": 1, "level": "population"}},
+    "core": {},
+    "+ basal insulin and beta-cell sensitivity": IVGTT,
+    "+ glucose exchange and volume (= core_ivgtt)": {**IVGTT, **EXCHANGE},
+    "core_ivgtt + insulin clearance and volume": {**IVGTT, **EXCHANGE, **INSULIN},
+    "core_ivgtt + EGP autoregulation and hepatic insulin delay": {**IVGTT, **EXCHANGE, **LIVER},
 }
 
 
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         models = Path(tmp) / "models"
         shutil.copytree(ROOT / "models", models)
         for name, overrides in STEPS.items():
-            vdir = models / f"ablation_{abs(hash(name))}"
+            vdir = models / f"ablation_{list(STEPS).index(name)}"
             vdir.mkdir()
             (vdir / "model.yaml").write_text(yaml.safe_dump({"id": vdir.name, "parent": args.base,
                                                              "overrides": overrides or None}))
