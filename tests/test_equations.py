@@ -14,6 +14,7 @@ checks use the small jitted vector field and its Jacobian.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -211,11 +212,7 @@ def test_insulin_kinetic_parameters_have_no_effect_with_forced_insulin(full_spec
     def ins_rate(k):
         p = {**p0, **{n: k[i] for i, n in enumerate(INSULIN_KINETIC_PARAMS)}}
         y0, cov = basal_state(p, u_kin)
-        y = dataclasses_replace(y0, gp=y0.gp * 1.5)
+        y = dataclasses.replace(y0, gp=y0.gp * 1.5)
         return vector_field(jnp.asarray(30.0), y, (p, u_kin, cov)).ins
 
     assert np.abs(np.asarray(jax.grad(ins_rate)(k0))).max() > 0
-
-
-def dataclasses_replace(y: State, **kw) -> State:
-    return State(**{n: kw.get(n, getattr(y, n)) for n in STATE_NAMES})

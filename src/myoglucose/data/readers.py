@@ -287,6 +287,10 @@ class _Y:
         return out
 
 
+#: a correction names its raw row by time_min; digitised times carry three decimals
+CORRECTION_TIME_TOL = 5e-4
+
+
 def _corrections(y: "_Y", d: dict) -> tuple[Correction, ...]:
     """The ``corrections:`` list of a files: entry (may be absent)."""
     if "corrections" not in d:
@@ -310,9 +314,6 @@ def _corrections(y: "_Y", d: dict) -> tuple[Correction, ...]:
                               line=_line(c)))
     return tuple(out)
 
-
-#: a correction names its raw row by time_min; digitised times carry three decimals
-CORRECTION_TIME_TOL = 5e-4
 
 
 def read_dataset_yaml(dataset_dir: Path, label: str) -> DatasetSpec:
