@@ -116,7 +116,7 @@ def _chain_worker(args) -> dict:
 
     os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox is imported in this fresh process
     _exit_with_parent()
-    job, chain, init, fp = args
+    job, chain, init, fp, metric = args
     from .. import runtime
 
     runtime.configure(job.device, job.cache_dir)
@@ -125,9 +125,16 @@ def _chain_worker(args) -> dict:
     _, data, builder = load_problem(job)
     settings = SamplerSettings.from_dict(job.sampler)
     t0 = time.perf_counter()
-    out = run_nuts(builder, data.arrays, settings, init, [chain], checkpoint_dir=job.checkpoint_dir, fingerprint=fp)
+    out = run_nuts(builder, data.arrays, settings, init, [chain], checkpoint_dir=job.checkpoint_dir, fingerprint=fp,
+                   **_metric_kw(metric))
     out["wall"] = time.perf_counter() - t0
     return out
+
+
+def _metric_kw(metric) -> dict:
+    import jax.numpy as jnp
+
+    return {} if metric is None else {"inverse_mass_matrix": jnp.asarray(metric, dtype=jnp.float64)}
 
 
 def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict, object]:
@@ -135,7 +142,7 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
     import jax
 
     from .. import runtime
-    from .sample import find_map, run_nuts
+    from .sample import find_map, map_metric, run_nuts
 
     info = runtime.configure(job.device, job.cache_dir)
     settings = SamplerSettings.from_dict(job.sampler)
@@ -173,6 +180,9 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
             log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
             if ck:
                 checkpoint.save_init(Path(ck), init, fp)
+    metric = None
+    if settings.metric_init == "laplace":  # recomputed on resume: deterministic, and 2 n gradients (seconds)
+        metric = map_metric(builder, data.arrays, init, settings, log=log)
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
         f"chain method {method}")
     t0 = time.perf_counter()
@@ -181,12 +191,12 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         ctx = mp.get_context("spawn")
         workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_chain_worker, [(job, c, init, fp) for c in chains]))
+            results = list(pool.map(_chain_worker, [(job, c, init, fp, metric) for c in chains]))
         samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
         stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
     else:
         out = run_nuts(builder, data.arrays, settings, init, chains, vectorized=(method == "vectorized"),
-                       checkpoint_dir=ck, fingerprint=fp)
+                       checkpoint_dir=ck, fingerprint=fp, **_metric_kw(metric))
         samples, stats = out["samples"], out["stats"]
     stats["_sampling_wall"] = np.asarray(time.perf_counter() - t0)
     log(f"sampling done in {float(stats['_sampling_wall']):.1f} s")
@@ -296,4 +306,6 @@ def fit_summary(stats: dict, tree: xr.DataTree) -> dict:
         "divergences": int(np.asarray(tree["sample_stats"]["diverging"]).sum()),
         "ode_failures": int(np.asarray(tree["sample_stats"]["ode_failed"]).sum()),
         "gradient_evaluations": int(np.asarray(tree["sample_stats"]["n_steps"]).sum()),
+        # warmup leapfrog steps run by this fit (after a resume: only those since the checkpoint)
+        "warmup_gradient_evaluations": int(np.asarray(stats.get("_warmup_gradients", 0)).sum()),
     }

@@ -31,6 +31,7 @@ class SamplerSettings:
     init: str = "map"  # map | median
     map_starts: int = 4
     map_steps: int = 200
+    metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; needs init: map)
     chain_method: str = "auto"
     seed: int = 20261125
     progress: bool = True
@@ -49,6 +50,10 @@ class SamplerSettings:
             problems.append(f"sampler.max_tree_depth must be in [1, 15] (got {self.max_tree_depth})")
         if self.init not in ("map", "median"):
             problems.append(f"sampler.init must be 'map' or 'median' (got {self.init!r})")
+        if self.metric_init not in ("identity", "laplace"):
+            problems.append(f"sampler.metric_init must be 'identity' or 'laplace' (got {self.metric_init!r})")
+        if self.metric_init == "laplace" and self.init != "map":
+            problems.append("sampler.metric_init: laplace needs sampler.init: map (the Hessian is taken at the MAP)")
         if self.chain_method not in CHAIN_METHODS:
             problems.append(f"sampler.chain_method must be one of {CHAIN_METHODS} (got {self.chain_method!r})")
         if self.checkpoint_every < 0:
@@ -75,18 +80,15 @@ class SamplerSettings:
         return "processes" if self.chains > 1 and (os.cpu_count() or 1) > 1 else "sequential"
 
 
-def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print) -> dict:
-    """Multi-start MAP on the unconstrained latent space (BFGS from prior draws). Returns constrained latents."""
+def _potential(builder, arrays, key):
+    """The NUTS potential (negative log density on the unconstrained latent space) as a jitted value-and-gradient of
+    a flat vector, with the sorted-site ``unravel`` NumPyro uses for its mass matrix, and the initial flat point."""
     from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import constrain_fn, initialize_model
-
-    from numpyro.infer import init_to_median, init_to_sample
+    from numpyro.infer import init_to_median
+    from numpyro.infer.util import initialize_model
 
     fwd = builder.solver.adjoint == "forward"
-    y = arrays.values
-    best, best_val = None, np.inf
-    keys = jax.random.split(key, settings.map_starts)
-    info = initialize_model(keys[0], builder.model, model_args=(arrays,), model_kwargs={"y": y},
+    info = initialize_model(key, builder.model, model_args=(arrays,), model_kwargs={"y": arrays.values},
                             init_strategy=init_to_median(num_samples=5), forward_mode_differentiation=fwd)
     flat0, unravel = ravel_pytree(info.param_info.z)
     pot = info.potential_fn
@@ -95,6 +97,21 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
         return pot(unravel(x))
 
     vg = jax.jit(lambda x: (f(x), jax.jacfwd(f)(x)) if fwd else jax.value_and_grad(f)(x))
+    return vg, unravel, flat0
+
+
+def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print) -> dict:
+    """Multi-start MAP on the unconstrained latent space (BFGS from prior draws). Returns constrained latents."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import constrain_fn, initialize_model
+
+    from numpyro.infer import init_to_sample
+
+    fwd = builder.solver.adjoint == "forward"
+    y = arrays.values
+    best, best_val = None, np.inf
+    keys = jax.random.split(key, settings.map_starts)
+    vg, unravel, flat0 = _potential(builder, arrays, keys[0])
     starts = [flat0]
     for k in keys[1:]:
         z = initialize_model(k, builder.model, model_args=(arrays,), model_kwargs={"y": y},
@@ -109,6 +126,61 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
         raise RuntimeError("MAP initialisation failed: every start gave a non-finite log density")
     z = unravel(best)
     return constrain_fn(builder.model, (arrays,), {"y": y}, z)
+
+
+# bounds on the variances of the Laplace metric in unconstrained coordinates (the latents are standardised: prior
+# sd about 1), so that a flat or non-convex direction at the MAP cannot make the first leapfrog steps absurdly long
+LAPLACE_VAR_MIN, LAPLACE_VAR_MAX = 1e-8, 4.0
+
+
+def hessian_fd(grad_fn: Callable, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
+    """Symmetrised central finite-difference Hessian from a gradient: column i is (g(x + h e_i) - g(x - h e_i)) / 2h.
+    2 n gradient calls of one compiled function (no second-order autodiff: the ODE sensitivities sit in a custom VJP
+    that forward mode cannot enter)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    H = np.empty((n, n))
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = h
+        H[:, i] = (np.asarray(grad_fn(x + e), np.float64) - np.asarray(grad_fn(x - e), np.float64)) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+def laplace_inverse_metric(H: np.ndarray, dense: bool) -> tuple[np.ndarray, dict]:
+    """Inverse mass matrix from the Hessian of the potential at the MAP (the Laplace approximation's covariance).
+
+    Eigenvalues are floored: a direction with curvature <= 1 / LAPLACE_VAR_MAX (flat, or non-convex at a saddle)
+    gets variance LAPLACE_VAR_MAX, and variances are at least LAPLACE_VAR_MIN. Returns the matrix (dense [n, n]
+    or its diagonal [n]) and a summary (condition number of H, directions floored)."""
+    if not np.all(np.isfinite(H)):
+        raise ValueError("the Hessian at the MAP is not finite")
+    w, V = np.linalg.eigh(H)
+    var = np.clip(1.0 / np.maximum(w, 1.0 / LAPLACE_VAR_MAX), LAPLACE_VAR_MIN, LAPLACE_VAR_MAX)
+    cov = (V * var) @ V.T
+    cov = 0.5 * (cov + cov.T)
+    info = {"n": int(H.shape[0]), "floored": int(np.sum(w < 1.0 / LAPLACE_VAR_MAX)),
+            "eig_min": float(w.min()), "eig_max": float(w.max()),
+            "condition": float(w.max() / max(w.min(), 1e-300)) if w.min() > 0 else float("inf")}
+    return (cov if dense else np.diag(cov).copy()), info
+
+
+def map_metric(builder, arrays, init: dict, settings: SamplerSettings, log: Callable[[str], None] = print):
+    """The Laplace inverse mass matrix at a constrained MAP point ``init`` (flat, NumPyro's sorted-site order)."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import unconstrain_fn
+
+    vg, unravel, flat0 = _potential(builder, arrays, jax.random.PRNGKey(0))
+    names = list(unravel(flat0).keys())
+    z = unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(init[k]) for k in names})
+    x = np.asarray(ravel_pytree({k: z[k] for k in names})[0])
+    t0 = time.perf_counter()
+    H = hessian_fd(lambda p: vg(jnp.asarray(p))[1], x)
+    M, info = laplace_inverse_metric(H, settings.dense_mass)
+    log(f"Laplace metric at the MAP: {info['n']} dimensions, Hessian eigenvalues {info['eig_min']:.3g} .. "
+        f"{info['eig_max']:.3g}, {info['floored']} direction(s) floored to variance {LAPLACE_VAR_MAX:g}, "
+        f"{2 * info['n']} gradients in {time.perf_counter() - t0:.1f} s")
+    return M
 
 
 def _lbfgs(vg, x, steps: int):
@@ -173,14 +245,16 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
         elapsed = time.perf_counter() - t0
         div = int(np.asarray(stats["diverging"]).sum())
         steps = int(np.asarray(stats["num_steps"]).sum())
+        wg = int(res["warmup_gradients"].sum())
         _stderr(f"chain(s) {ids}: {settings.warmup} warmup + {settings.samples} draws in {elapsed:.1f} s (incl. "
-                f"compile; {res['resumed_at']} iterations restored from a checkpoint), {steps} gradient evaluations "
-                f"after warmup, {div} divergences")
+                f"compile; {res['resumed_at']} iterations restored from a checkpoint), {wg} gradient evaluations "
+                f"in warmup (this run), {steps} after warmup, {div} divergences")
         for k, v in samples.items():
             out_s.setdefault(k, []).append(v)
         for k, v in stats.items():
             out_t.setdefault(k, []).append(v)
         out_t.setdefault("_elapsed", []).append(np.full((len(ids),), elapsed))
+        out_t.setdefault("_warmup_gradients", []).append(res["warmup_gradients"])
     return {"samples": {k: np.concatenate(v, axis=0) for k, v in out_s.items()},
             "stats": {k: np.concatenate(v, axis=0) for k, v in out_t.items()}}
 
@@ -245,12 +319,15 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
     def save():
         ckpt.save_state(checkpoint, state, it, stacked(draws), stacked(stats), fingerprint)
 
+    warm_grads = np.zeros(np.shape(key)[:-1], dtype=np.int64)  # leapfrog steps in warmup run by this process
     every_log = max(1, total // 20)
     t0 = time.perf_counter()
     while it < total:
         state, st = step(state)
         it += 1
-        if it > warmup:
+        if it <= warmup:
+            warm_grads += np.asarray(st["num_steps"]) if "num_steps" in st else 0
+        else:
             z = post(state.z)
             for k, v in z.items():
                 draws.setdefault(k, []).append(np.asarray(v))
@@ -271,7 +348,8 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
     else:
         out_d = {k: v[None] for k, v in out_d.items()}
         out_t = {k: v[None] for k, v in out_t.items()}
-    return {"samples": out_d, "stats": out_t, "resumed_at": resumed_at}
+    return {"samples": out_d, "stats": out_t, "resumed_at": resumed_at,
+            "warmup_gradients": np.atleast_1d(warm_grads)}
 
 
 def pointwise_draws(builder, arrays, latents: dict, key, batch: int = 50) -> dict[str, np.ndarray]:

@@ -614,6 +614,9 @@ def methods_paragraph(
         starts = settings.get("map_starts")
         txt = "chains initialised at multi-start MAP estimates"
         detail.append(txt + (f" from {int(starts)} optimisation starts" if starts else ""))
+        if settings.get("metric_init") == "laplace":
+            detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
+                          "(Laplace approximation)")
     elif init == "median":
         detail.append("chains initialised at the prior medians")
     elif init:

@@ -1,0 +1,138 @@
+"""Warmup metric lever (issue 6): NUTS started from the identity mass matrix against one started from the Laplace
+approximation at the MAP (``sampler.metric_init: laplace``), same data, model, seed and settings (not a test).
+
+    python benchmarks/bench_metric.py --case core:katz2000_clamp --out benchmarks/out/metric.json
+
+For every ``--case model:dataset`` (tidy tables made on the fly by ``myoglucose prepare`` unless ``--tidy-dir`` names
+them) both variants run the production fit path (``inference.fit.run_fit``: multi-start MAP, then NUTS), one after the
+other in this process, so both see the same machine. Recorded per variant: gradient evaluations in warmup and after
+it (leapfrog steps; they do not depend on the machine's load), the smallest rank-normalised bulk and tail ESS over
+every latent coordinate, gradients per effective sample (warmup included), divergences, wall time (compile included;
+the load average is recorded beside it), and the largest difference of the two posteriors' means in units of their
+Monte Carlo standard error. Writes JSON (``--out``) and a markdown summary next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fit import _tidy  # noqa: E402  (tidy tables via `myoglucose prepare`, as the other benchmarks make them)
+from bench_model import cpu_model  # noqa: E402
+
+
+def _flat_draws(samples: dict):
+    """[chain, draw, coordinate] over every latent site (the unconstrained sites NUTS moves in, noise sds as sampled)."""
+    parts = []
+    for k in sorted(samples):
+        v = np.asarray(samples[k], dtype=float)
+        parts.append(v.reshape(v.shape[0], v.shape[1], -1))
+    return np.concatenate(parts, axis=2)
+
+
+def _ess(x):
+    from arviz_stats.base import array_stats
+
+    bulk = np.asarray(array_stats.ess(x, chain_axis=0, draw_axis=1, method="bulk"))
+    tail = np.asarray(array_stats.ess(x, chain_axis=0, draw_axis=1, method="tail", prob=(0.05, 0.95)))
+    mcse = np.asarray(array_stats.mcse(x, chain_axis=0, draw_axis=1, method="mean"))
+    return bulk, tail, mcse
+
+
+def run_case(model: str, tidy: Path, sampler: dict, solver: dict, cache_dir: str | None) -> dict:
+    from myoglucose.inference.fit import FitJob, run_fit
+
+    out = {}
+    flats = {}
+    for metric in ("identity", "laplace"):
+        job = FitJob(tidy_dir=str(tidy), model_dir=str(ROOT / "models" / model), repo_root=str(ROOT), solver=solver,
+                     sampler={**sampler, "metric_init": metric}, device="cpu", cache_dir=cache_dir)
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        samples, stats, _ = run_fit(job, log=lambda m: print(f"  [{metric}] {m}", flush=True))
+        wall = time.perf_counter() - t0
+        x = _flat_draws(samples)
+        flats[metric] = x
+        bulk, tail, mcse = _ess(x)
+        wg = int(np.asarray(stats["_warmup_gradients"]).sum())
+        sg = int(np.asarray(stats["num_steps"]).sum())
+        out[metric] = {
+            "wall_s": wall, "sampling_wall_s": float(stats["_sampling_wall"]), "load_start": load0,
+            "load_end": os.getloadavg(), "warmup_gradients": wg, "sampling_gradients": sg,
+            "ess_bulk_min": float(bulk.min()), "ess_tail_min": float(tail.min()),
+            "gradients_per_ess_bulk": (wg + sg) / float(bulk.min()),
+            "divergences": int(np.asarray(stats["diverging"]).sum()),
+            "step_size_final": np.asarray(stats["adapt_state.step_size"])[:, -1].tolist(),
+            "dimensions": int(x.shape[2]), "_mean": x.mean(axis=(0, 1)), "_mcse": mcse,
+        }
+        print(f"  [{metric}] warmup {wg} + sampling {sg} gradients, min bulk ESS {bulk.min():.0f}, "
+              f"wall {wall:.0f} s", flush=True)
+    a, b = out["identity"], out["laplace"]
+    z = np.abs(a.pop("_mean") - b.pop("_mean")) / np.sqrt(a.pop("_mcse") ** 2 + b.pop("_mcse") ** 2)
+    return {**out, "max_mean_difference_in_mcse": float(z.max()),
+            "warmup_gradient_ratio_laplace_over_identity": b["warmup_gradients"] / max(a["warmup_gradients"], 1),
+            "gradients_per_ess_ratio_laplace_over_identity": b["gradients_per_ess_bulk"] / a["gradients_per_ess_bulk"]}
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = ["# Warmup metric: identity vs Laplace at the MAP\n",
+             f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; sampler {json.dumps({k: v for k, v in res['sampler'].items() if k != 'metric_init'})}\n",
+             "| case | metric | warmup gradients | sampling gradients | min bulk ESS | min tail ESS | gradients / ESS "
+             "| divergences | wall s (load) |", "|---|---|---|---|---|---|---|---|---|"]
+    for case, r in res["cases"].items():
+        for metric in ("identity", "laplace"):
+            v = r[metric]
+            lines.append(f"| {case} | {metric} | {v['warmup_gradients']} | {v['sampling_gradients']} | "
+                         f"{v['ess_bulk_min']:.0f} | {v['ess_tail_min']:.0f} | {v['gradients_per_ess_bulk']:.0f} | "
+                         f"{v['divergences']} | {v['wall_s']:.0f} ({v['load_start'][0]:.1f}) |")
+        lines.append(f"| {case} | ratio laplace/identity | {r['warmup_gradient_ratio_laplace_over_identity']:.2f} | | | | "
+                     f"{r['gradients_per_ess_ratio_laplace_over_identity']:.2f} | | largest mean difference "
+                     f"{r['max_mean_difference_in_mcse']:.1f} MCSE |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", action="append", required=True, help="model:dataset (repeatable)")
+    ap.add_argument("--tidy-dir", type=Path, help="tidy tables of the (single) case instead of preparing them")
+    ap.add_argument("--chains", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--chain-method", default="sequential", help="sequential: one core, so the two variants compare")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "metric.json")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("EQX_ON_ERROR", "nan")
+    os.environ.setdefault("MYOGLUCOSE_ROOT", str(ROOT))
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    sampler = {**cfg["sampler"], "chains": args.chains, "warmup": args.warmup, "samples": args.samples,
+               "chain_method": args.chain_method, "progress": False}
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(os.path.expanduser(cfg["compilation_cache"])))
+    res = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "sampler": sampler, "solver": cfg["solver"], "cases": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for case in args.case:
+            model, dataset = case.split(":")
+            tidy = args.tidy_dir if args.tidy_dir else _tidy(dataset, Path(work))
+            print(f"{case}: {tidy}", flush=True)
+            res["cases"][case] = run_case(model, tidy, sampler, cfg["solver"], cache)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1, default=float))
+    md = markdown(res)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
