@@ -181,8 +181,10 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
             if ck:
                 checkpoint.save_init(Path(ck), init, fp)
     metric = None
-    if settings.metric_init == "laplace":  # recomputed on resume: deterministic, and 2 n gradients (seconds)
+    if settings.laplace_metric:  # recomputed on resume: deterministic, and 2 n gradients (seconds)
         metric = map_metric(builder, data.arrays, init, settings, log=log)
+    elif settings.metric_init == "laplace":
+        log("metric_init laplace needs init: map; with init: median the warmup starts from the identity metric")
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
         f"chain method {method}")
     t0 = time.perf_counter()

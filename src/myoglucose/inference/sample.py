@@ -31,7 +31,7 @@ class SamplerSettings:
     init: str = "map"  # map | median
     map_starts: int = 4
     map_steps: int = 200
-    metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; needs init: map)
+    metric_init: str = "laplace"  # laplace (inverse Hessian at the MAP; with init median: identity) | identity
     chain_method: str = "auto"
     seed: int = 20261125
     progress: bool = True
@@ -52,8 +52,6 @@ class SamplerSettings:
             problems.append(f"sampler.init must be 'map' or 'median' (got {self.init!r})")
         if self.metric_init not in ("identity", "laplace"):
             problems.append(f"sampler.metric_init must be 'identity' or 'laplace' (got {self.metric_init!r})")
-        if self.metric_init == "laplace" and self.init != "map":
-            problems.append("sampler.metric_init: laplace needs sampler.init: map (the Hessian is taken at the MAP)")
         if self.chain_method not in CHAIN_METHODS:
             problems.append(f"sampler.chain_method must be one of {CHAIN_METHODS} (got {self.chain_method!r})")
         if self.checkpoint_every < 0:
@@ -71,6 +69,11 @@ class SamplerSettings:
         if unknown:
             raise ValueError(f"unknown sampler setting(s) {sorted(unknown)}")
         return cls(**d)
+
+    @property
+    def laplace_metric(self) -> bool:
+        """Whether the warmup starts from the Laplace metric: asked for, and there is a MAP to take it at."""
+        return self.metric_init == "laplace" and self.init == "map"
 
     def resolved_chain_method(self, backend: str) -> str:
         if self.chain_method != "auto":

@@ -614,7 +614,7 @@ def methods_paragraph(
         starts = settings.get("map_starts")
         txt = "chains initialised at multi-start MAP estimates"
         detail.append(txt + (f" from {int(starts)} optimisation starts" if starts else ""))
-        if settings.get("metric_init") == "laplace":
+        if settings.get("metric_init", "identity") == "laplace":
             detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
                           "(Laplace approximation)")
     elif init == "median":
