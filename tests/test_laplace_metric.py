@@ -95,3 +95,22 @@ def test_laplace_is_the_default_and_needs_a_map():
     assert not SamplerSettings(metric_init="identity").laplace_metric
     with pytest.raises(ValueError, match="metric_init must be"):
         SamplerSettings(metric_init="hessian")
+
+
+@pytest.mark.parametrize("vectorized", [False, True])
+def test_chains_sample_the_posterior_from_the_laplace_start(vectorized):
+    """Both chain layouts (one chain at a time on CPU, vectorised on a GPU) take the metric and sample the known
+    posterior."""
+    from myoglucose.inference.sample import run_nuts
+
+    settings = SamplerSettings(chains=2, warmup=150, samples=400, init="map", seed=5, progress=False,
+                               checkpoint_every=0, chain_method="vectorized" if vectorized else "sequential")
+    M = map_metric(GaussBuilder(), ARRAYS, MAP, settings, log=print)
+    out = run_nuts(GaussBuilder(), ARRAYS, settings, MAP, [0, 1], vectorized=vectorized,
+                   inverse_mass_matrix=jnp.asarray(M))
+    x = np.asarray(out["samples"]["x"]).reshape(-1, 2)
+    b = np.asarray(out["samples"]["b"]).reshape(-1)
+    np.testing.assert_allclose(x.mean(axis=0), [1.0, -2.0], atol=0.15)
+    np.testing.assert_allclose(np.cov(x.T), COV, atol=0.12)
+    assert abs(b.std() - SD_B) < 0.04
+    assert out["stats"]["_warmup_gradients"].shape == (2,) and np.all(out["stats"]["_warmup_gradients"] > 0)
