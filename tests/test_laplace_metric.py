@@ -89,10 +89,10 @@ def test_nuts_warmup_starts_from_the_laplace_metric():
     np.testing.assert_allclose(np.asarray(imm[("b", "x")]), EXPECTED, atol=1e-6)
 
 
-def test_laplace_is_the_default_and_needs_a_map():
-    assert SamplerSettings().laplace_metric
-    assert not SamplerSettings(init="median").laplace_metric  # no MAP: the identity (the fit log says so)
-    assert not SamplerSettings(metric_init="identity").laplace_metric
+def test_laplace_needs_a_map():
+    assert SamplerSettings(metric_init="laplace").laplace_metric
+    assert not SamplerSettings(init="median", metric_init="laplace").laplace_metric  # no MAP: identity (logged)
+    assert not SamplerSettings().laplace_metric  # the default is the identity
     with pytest.raises(ValueError, match="metric_init must be"):
         SamplerSettings(metric_init="hessian")
 

@@ -31,7 +31,7 @@ class SamplerSettings:
     init: str = "map"  # map | median
     map_starts: int = 4
     map_steps: int = 200
-    metric_init: str = "laplace"  # laplace (inverse Hessian at the MAP; with init median: identity) | identity
+    metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; with init median: identity)
     chain_method: str = "auto"
     seed: int = 20261125
     progress: bool = True
