@@ -315,7 +315,6 @@ def _corrections(y: "_Y", d: dict) -> tuple[Correction, ...]:
     return tuple(out)
 
 
-
 def read_dataset_yaml(dataset_dir: Path, label: str) -> DatasetSpec:
     """Read and structurally validate ``dataset.yaml`` (``label`` is the path shown in errors)."""
     doc = load_yaml_with_lines(dataset_dir / "dataset.yaml", label)

@@ -142,7 +142,7 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
     import jax
 
     from .. import runtime
-    from .sample import find_map, map_metric, run_nuts
+    from .sample import find_map, map_metric, potential, run_nuts
 
     info = runtime.configure(job.device, job.cache_dir)
     settings = SamplerSettings.from_dict(job.sampler)
@@ -169,20 +169,23 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         fp = fit_fingerprint(job, spec, data, builder, info["backend"], method == "vectorized")
         checkpoint.prepare_dir(Path(ck), fp, job.resume, log=log)
     init = None
+    pot = None  # the potential's compiled value-and-gradient, shared by the MAP search and the Laplace metric
     t0 = time.perf_counter()
     if settings.init == "map":
         init = checkpoint.load_init(Path(ck), fp) if ck else None
         if init is not None:
             log("MAP initial point restored from the checkpoint")
         else:
-            init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log)
+            pot = potential(builder, data.arrays)
+            init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log,
+                            pot=pot)
             init = {k: np.asarray(v) for k, v in init.items()}
             log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
             if ck:
                 checkpoint.save_init(Path(ck), init, fp)
     metric = None
     if settings.laplace_metric:  # recomputed on resume: deterministic, and 2 n gradients (seconds)
-        metric = map_metric(builder, data.arrays, init, settings, log=log)
+        metric = map_metric(builder, data.arrays, init, settings, log=log, pot=pot)
     elif settings.metric_init == "laplace":
         log("metric_init laplace needs init: map; with init: median the warmup starts from the identity metric")
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "

@@ -83,42 +83,47 @@ class SamplerSettings:
         return "processes" if self.chains > 1 and (os.cpu_count() or 1) > 1 else "sequential"
 
 
-def _potential(builder, arrays, key):
+def potential(builder, arrays):
     """The NUTS potential (negative log density on the unconstrained latent space) as a jitted value-and-gradient of
-    a flat vector, with the sorted-site ``unravel`` NumPyro uses for its mass matrix, and the initial flat point."""
+    a flat vector, and the sorted-site ``unravel`` NumPyro uses for its mass matrix. Build it once per fit and pass it
+    to ``find_map`` and ``map_metric``, so that both use one compiled program."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer import init_to_median
     from numpyro.infer.util import initialize_model
 
     fwd = builder.solver.adjoint == "forward"
-    info = initialize_model(key, builder.model, model_args=(arrays,), model_kwargs={"y": arrays.values},
-                            init_strategy=init_to_median(num_samples=5), forward_mode_differentiation=fwd)
-    flat0, unravel = ravel_pytree(info.param_info.z)
+    info = initialize_model(jax.random.PRNGKey(0), builder.model, model_args=(arrays,),
+                            model_kwargs={"y": arrays.values}, init_strategy=init_to_median(num_samples=5),
+                            forward_mode_differentiation=fwd)
+    unravel = ravel_pytree(info.param_info.z)[1]
     pot = info.potential_fn
 
     def f(x):
         return pot(unravel(x))
 
     vg = jax.jit(lambda x: (f(x), jax.jacfwd(f)(x)) if fwd else jax.value_and_grad(f)(x))
-    return vg, unravel, flat0
+    return vg, unravel
 
 
-def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print) -> dict:
-    """Multi-start MAP on the unconstrained latent space (BFGS from prior draws). Returns constrained latents."""
+def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
+             pot=None) -> dict:
+    """Multi-start MAP on the unconstrained latent space (BFGS from the prior median and prior draws). Returns
+    constrained latents. ``pot``: the fit's ``potential(builder, arrays)`` (built here when not given)."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import constrain_fn, initialize_model
 
-    from numpyro.infer import init_to_sample
+    from numpyro.infer import init_to_median, init_to_sample
 
     fwd = builder.solver.adjoint == "forward"
     y = arrays.values
     best, best_val = None, np.inf
     keys = jax.random.split(key, settings.map_starts)
-    vg, unravel, flat0 = _potential(builder, arrays, keys[0])
-    starts = [flat0]
-    for k in keys[1:]:
+    vg, unravel = pot if pot is not None else potential(builder, arrays)
+    starts = []
+    for i, k in enumerate(keys):
+        strategy = init_to_median(num_samples=5) if i == 0 else init_to_sample
         z = initialize_model(k, builder.model, model_args=(arrays,), model_kwargs={"y": y},
-                             init_strategy=init_to_sample, forward_mode_differentiation=fwd).param_info.z
+                             init_strategy=strategy, forward_mode_differentiation=fwd).param_info.z
         starts.append(ravel_pytree(z)[0])
     for i, x in enumerate(starts):
         x, val = _lbfgs(vg, x, settings.map_steps)
@@ -168,13 +173,15 @@ def laplace_inverse_metric(H: np.ndarray, dense: bool) -> tuple[np.ndarray, dict
     return (cov if dense else np.diag(cov).copy()), info
 
 
-def map_metric(builder, arrays, init: dict, settings: SamplerSettings, log: Callable[[str], None] = print):
-    """The Laplace inverse mass matrix at a constrained MAP point ``init`` (flat, NumPyro's sorted-site order)."""
+def map_metric(builder, arrays, init: dict, settings: SamplerSettings, log: Callable[[str], None] = print,
+               pot=None):
+    """The Laplace inverse mass matrix at a constrained MAP point ``init`` (flat, NumPyro's sorted-site order).
+    ``pot``: the fit's ``potential(builder, arrays)`` (built here when not given)."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import unconstrain_fn
 
-    vg, unravel, flat0 = _potential(builder, arrays, jax.random.PRNGKey(0))
-    names = list(unravel(flat0).keys())
+    vg, unravel = pot if pot is not None else potential(builder, arrays)
+    names = sorted(init)
     z = unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(init[k]) for k in names})
     x = np.asarray(ravel_pytree({k: z[k] for k in names})[0])
     t0 = time.perf_counter()
