@@ -151,3 +151,9 @@ def test_prepare_dir_keeps_only_matching_checkpoints(tmp_path):
     ckpt.save_init(d, init, "fp2")
     assert np.array_equal(ckpt.load_init(d, "fp2")["a__z"], init["a__z"])
     assert ckpt.load_init(d, "fp3") is None
+    starts = [{"a__z": np.arange(3.0) + c, "b": np.asarray(c * 1.5)} for c in range(3)]  # init: dispersed
+    ckpt.save_init(d, starts, "fp2")
+    back = ckpt.load_init(d, "fp2")
+    assert isinstance(back, list) and len(back) == 3
+    for s, b in zip(starts, back):
+        assert set(b) == {"a__z", "b"} and all(np.array_equal(s[k], b[k]) for k in s)

@@ -3,7 +3,8 @@
 Layout (``<out>.ckpt/`` next to the posterior file, removed once the posterior is written)::
 
     manifest.json      fingerprint of everything that determines the chains (settings, data, model, code, versions)
-    init.npz           the MAP initial point (when sampler.init is map), so a resumed fit skips the optimisation
+    init.npz           the MAP initial point (sampler.init map) or the per-chain starts (dispersed), so a resumed
+                       fit skips the optimisation
     chain<c>.npz       one file per chain (``chains<a>-<b>.npz`` for chains vectorised in one program): the full
                        sampler state after iteration ``iteration`` (warmup included), the post-warmup draws and
                        sampler statistics collected so far, and the fingerprint
@@ -100,20 +101,28 @@ def prepare_dir(directory: Path, fp: str, resume: bool, log: Callable[[str], Non
                  lambda tmp: tmp.write_text(json.dumps({"format": FORMAT, "fingerprint": fp}, indent=1)), fsync=True)
 
 
-def save_init(directory: Path, init: dict[str, np.ndarray], fp: str) -> None:
-    arrays = {f"v.{k}": np.asarray(v) for k, v in init.items()}
-    arrays["meta"] = np.asarray(json.dumps({"format": FORMAT, "fingerprint": fp}))
+def save_init(directory: Path, init: dict[str, np.ndarray] | list[dict[str, np.ndarray]], fp: str) -> None:
+    """The initial point: one dict (``init: map``) or a list of per-chain dicts (``init: dispersed``)."""
+    per_chain = isinstance(init, list)
+    starts = init if per_chain else [init]
+    arrays = {f"v{c}.{k}": np.asarray(v) for c, s in enumerate(starts) for k, v in s.items()}
+    arrays["meta"] = np.asarray(json.dumps({"format": FORMAT, "fingerprint": fp, "chains": len(starts),
+                                            "per_chain": per_chain}))
     _savez(Path(directory) / INIT, arrays)
 
 
-def load_init(directory: Path, fp: str) -> dict[str, np.ndarray] | None:
+def load_init(directory: Path, fp: str) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None:
     path = Path(directory) / INIT
     if not path.exists():
         return None
     z = _loadz(path)
-    if "__error__" in z or "meta" not in z or json.loads(str(z["meta"])).get("fingerprint") != fp:
+    if "__error__" in z or "meta" not in z:
         return None
-    return {k[2:]: v for k, v in z.items() if k.startswith("v.")}
+    meta = json.loads(str(z["meta"]))
+    if meta.get("fingerprint") != fp or "chains" not in meta:
+        return None
+    starts = [{k.split(".", 1)[1]: v for k, v in z.items() if k.startswith(f"v{c}.")} for c in range(meta["chains"])]
+    return starts if meta["per_chain"] else starts[0]
 
 
 # ---------------------------------------------------------------------------------------------------- one chain

@@ -137,12 +137,22 @@ def _metric_kw(metric) -> dict:
     return {} if metric is None else {"inverse_mass_matrix": jnp.asarray(metric, dtype=jnp.float64)}
 
 
+def _flat(builder, arrays, start: dict):
+    """A constrained start -> the flat unconstrained vector that ``potential`` takes."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import unconstrain_fn
+
+    z = unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in start.items()})
+    return ravel_pytree(z)[0]
+
+
 def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict, object]:
     """Run MAP initialisation and NUTS. Returns (samples, stats, builder); arrays are [chain, draw, ...]."""
     import jax
 
     from .. import runtime
-    from .sample import find_map, map_metric, potential, run_nuts
+    from .sample import find_chain_starts, find_map, map_metric, potential, run_nuts
 
     info = runtime.configure(job.device, job.cache_dir)
     settings = SamplerSettings.from_dict(job.sampler)
@@ -171,21 +181,30 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
     init = None
     pot = None  # the potential's compiled value-and-gradient, shared by the MAP search and the Laplace metric
     t0 = time.perf_counter()
-    if settings.init == "map":
+    start_potentials = None
+    if settings.init in ("map", "dispersed"):
         init = checkpoint.load_init(Path(ck), fp) if ck else None
         if init is not None:
-            log("MAP initial point restored from the checkpoint")
+            log("initial point(s) restored from the checkpoint")
         else:
             pot = potential(builder, data.arrays)
-            init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(settings.seed + 7919), log=log,
-                            pot=pot)
-            init = {k: np.asarray(v) for k, v in init.items()}
-            log(f"MAP initialisation done in {time.perf_counter() - t0:.1f} s")
+            key = jax.random.PRNGKey(settings.seed + 7919)
+            if settings.init == "map":
+                init = find_map(builder, data.arrays, settings, key, log=log, pot=pot)
+                init = {k: np.asarray(v) for k, v in init.items()}
+            else:
+                init, start_potentials = find_chain_starts(builder, data.arrays, settings, key, log=log, pot=pot)
+            log(f"initialisation ({settings.init}) done in {time.perf_counter() - t0:.1f} s")
             if ck:
                 checkpoint.save_init(Path(ck), init, fp)
+    if isinstance(init, list) and start_potentials is None:  # restored dispersed starts: their potentials again
+        pot = pot or potential(builder, data.arrays)
+        start_potentials = [float(pot[0](_flat(builder, data.arrays, s))[0]) for s in init]
     metric = None
     if settings.laplace_metric:  # recomputed on resume: deterministic, and 2 n gradients (seconds)
-        metric = map_metric(builder, data.arrays, init, settings, log=log, pot=pot)
+        # dispersed: at the chain start with the highest density
+        at = init[int(np.argmin(start_potentials))] if isinstance(init, list) else init
+        metric = map_metric(builder, data.arrays, at, settings, log=log, pot=pot)
     elif settings.metric_init == "laplace":
         log("metric_init laplace needs init: map; with init: median the warmup starts from the identity metric")
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
@@ -196,7 +215,8 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         ctx = mp.get_context("spawn")
         workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            results = list(pool.map(_chain_worker, [(job, c, init, fp, metric) for c in chains]))
+            starts = init if isinstance(init, list) else [init] * len(chains)
+            results = list(pool.map(_chain_worker, [(job, c, starts[c], fp, metric) for c in chains]))
         samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
         stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
     else:
@@ -204,6 +224,8 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
                        checkpoint_dir=ck, fingerprint=fp, **_metric_kw(metric))
         samples, stats = out["samples"], out["stats"]
     stats["_sampling_wall"] = np.asarray(time.perf_counter() - t0)
+    if start_potentials is not None:
+        stats["_start_potentials"] = np.asarray(start_potentials)
     log(f"sampling done in {float(stats['_sampling_wall']):.1f} s")
     return samples, stats, (spec, data, builder)
 
@@ -313,4 +335,7 @@ def fit_summary(stats: dict, tree: xr.DataTree) -> dict:
         "gradient_evaluations": int(np.asarray(tree["sample_stats"]["n_steps"]).sum()),
         # warmup leapfrog steps run by this fit (after a resume: only those since the checkpoint)
         "warmup_gradient_evaluations": int(np.asarray(stats.get("_warmup_gradients", 0)).sum()),
+        # init: dispersed: each chain's start potential (negative log density at its local optimum)
+        **({"chain_start_potentials": [float(v) for v in stats["_start_potentials"]]}
+           if "_start_potentials" in stats else {}),
     }

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 CHAIN_METHODS = ("auto", "processes", "vectorized", "sequential")
+INITS = ("map", "dispersed", "median")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,7 @@ class SamplerSettings:
     target_accept: float = 0.95
     dense_mass: bool = True
     max_tree_depth: int = 8
-    init: str = "map"  # map | median
+    init: str = "map"  # map | dispersed | median
     map_starts: int = 4
     map_steps: int = 200
     metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; with init median: identity)
@@ -48,8 +49,8 @@ class SamplerSettings:
             problems.append(f"sampler.target_accept must be in [0.5, 1) (got {self.target_accept})")
         if not 1 <= self.max_tree_depth <= 15:
             problems.append(f"sampler.max_tree_depth must be in [1, 15] (got {self.max_tree_depth})")
-        if self.init not in ("map", "median"):
-            problems.append(f"sampler.init must be 'map' or 'median' (got {self.init!r})")
+        if self.init not in INITS:
+            problems.append(f"sampler.init must be one of {INITS} (got {self.init!r})")
         if self.metric_init not in ("identity", "laplace"):
             problems.append(f"sampler.metric_init must be 'identity' or 'laplace' (got {self.metric_init!r})")
         if self.chain_method not in CHAIN_METHODS:
@@ -72,8 +73,9 @@ class SamplerSettings:
 
     @property
     def laplace_metric(self) -> bool:
-        """Whether the warmup starts from the Laplace metric: asked for, and there is a MAP to take it at."""
-        return self.metric_init == "laplace" and self.init == "map"
+        """Whether the warmup starts from the Laplace metric: asked for, and there is an optimum to take it at (the
+        MAP, or with ``init: dispersed`` the best chain start)."""
+        return self.metric_init == "laplace" and self.init in ("map", "dispersed")
 
     def resolved_chain_method(self, backend: str) -> str:
         if self.chain_method != "auto":
@@ -105,35 +107,74 @@ def potential(builder, arrays):
     return vg, unravel
 
 
-def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
-             pot=None) -> dict:
-    """Multi-start MAP on the unconstrained latent space (BFGS from the prior median and prior draws). Returns
-    constrained latents. ``pot``: the fit's ``potential(builder, arrays)`` (built here when not given)."""
+def _optimise_starts(builder, arrays, settings: SamplerSettings, key, n: int, pot, first_median: bool,
+                     log: Callable[[str], None], label: str) -> list[tuple[np.ndarray, float]]:
+    """``n`` L-BFGS runs of ``settings.map_steps`` steps on the flat unconstrained latent vector, from the prior median
+    (start 0, when ``first_median``) and from prior draws. Returns [(x, potential)] in start order."""
     from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import constrain_fn, initialize_model
+    from numpyro.infer.util import initialize_model
 
     from numpyro.infer import init_to_median, init_to_sample
 
     fwd = builder.solver.adjoint == "forward"
-    y = arrays.values
-    best, best_val = None, np.inf
-    keys = jax.random.split(key, settings.map_starts)
-    vg, unravel = pot if pot is not None else potential(builder, arrays)
-    starts = []
-    for i, k in enumerate(keys):
-        strategy = init_to_median(num_samples=5) if i == 0 else init_to_sample
-        z = initialize_model(k, builder.model, model_args=(arrays,), model_kwargs={"y": y},
+    vg, _ = pot
+    out = []
+    for i, k in enumerate(jax.random.split(key, n)):
+        strategy = init_to_median(num_samples=5) if (i == 0 and first_median) else init_to_sample
+        z = initialize_model(k, builder.model, model_args=(arrays,), model_kwargs={"y": arrays.values},
                              init_strategy=strategy, forward_mode_differentiation=fwd).param_info.z
-        starts.append(ravel_pytree(z)[0])
-    for i, x in enumerate(starts):
-        x, val = _lbfgs(vg, x, settings.map_steps)
-        log(f"MAP start {i + 1}/{len(starts)}: potential {val:.3f}")
-        if np.isfinite(val) and val < best_val:
-            best, best_val = x, val
-    if best is None:
+        x, val = _lbfgs(vg, ravel_pytree(z)[0], settings.map_steps)
+        log(f"{label} {i + 1}/{n}: potential {val:.3f}")
+        out.append((x, val))
+    return out
+
+
+def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
+             pot=None) -> dict:
+    """Multi-start MAP on the unconstrained latent space (BFGS from the prior median and prior draws). Returns
+    constrained latents. ``pot``: the fit's ``potential(builder, arrays)`` (built here when not given)."""
+    from numpyro.infer.util import constrain_fn
+
+    pot = pot if pot is not None else potential(builder, arrays)
+    runs = _optimise_starts(builder, arrays, settings, key, settings.map_starts, pot, True, log, "MAP start")
+    finite = [(x, v) for x, v in runs if np.isfinite(v)]
+    if not finite:
         raise RuntimeError("MAP initialisation failed: every start gave a non-finite log density")
-    z = unravel(best)
-    return constrain_fn(builder.model, (arrays,), {"y": y}, z)
+    best = min(finite, key=lambda r: r[1])[0]
+    return constrain_fn(builder.model, (arrays,), {"y": arrays.values}, pot[1](best))
+
+
+def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
+                      pot=None) -> tuple[list[dict], list[float]]:
+    """Over-dispersed starts (``init: dispersed``): chain ``c`` starts at the local optimum reached from its own prior
+    draw by ``settings.map_steps`` L-BFGS steps. Chains that reach separate modes start in them, so R-hat can see a
+    multimodal posterior, which chains that all start at one shared MAP may never leave. A start whose optimisation
+    ends at a non-finite density takes the best finite one instead (logged). Returns (constrained starts, potentials)
+    in chain order."""
+    from numpyro.infer.util import constrain_fn
+
+    pot = pot if pot is not None else potential(builder, arrays)
+    runs = _optimise_starts(builder, arrays, settings, key, settings.chains, pot, False, log, "chain start")
+    finite = [r for r in runs if np.isfinite(r[1])]
+    if not finite:
+        raise RuntimeError("dispersed initialisation failed: every start gave a non-finite log density")
+    best = min(finite, key=lambda r: r[1])
+    starts, vals, xs = [], [], []
+    for c, (x, v) in enumerate(runs):
+        if not np.isfinite(v):
+            log(f"chain {c}: its start did not reach a finite log density; it starts at the best start instead")
+            x, v = best
+        z = constrain_fn(builder.model, (arrays,), {"y": arrays.values}, pot[1](x))
+        starts.append({k: np.asarray(val) for k, val in z.items()})
+        vals.append(float(v))
+        xs.append(np.asarray(x))
+    spread = max(vals) - min(vals)
+    dist = max(float(np.max(np.abs(a - b))) for a in xs for b in xs)
+    log(f"chain starts: potentials {', '.join(f'{v:.2f}' for v in vals)} (spread {spread:.2f}); largest distance "
+        f"between two starts {dist:.2f} on the unconstrained scale"
+        + ("; the starts are separate optima (or unconverged): R-hat will show whether the chains meet" if
+           spread > 1.0 or dist > 1.0 else ""))
+    return starts, vals
 
 
 # bounds on the variances of the Laplace metric in unconstrained coordinates (the latents are standardised: prior
@@ -233,7 +274,8 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
              vectorized: bool = False, checkpoint_dir=None, fingerprint: str = "",
              **kernel_overrides) -> dict[str, Any]:
     """Run NUTS for the given chain ids (one chain at a time unless ``vectorized``). Returns numpy arrays
-    ``samples[site] -> [chain, draw, ...]`` (latent sites) and ``stats[field] -> [chain, draw]``.
+    ``samples[site] -> [chain, draw, ...]`` (latent sites) and ``stats[field] -> [chain, draw]``. ``init``: one
+    constrained start for every chain, a list of them indexed by chain id (``init: dispersed``), or None (median).
 
     Chain ``c`` starts from ``fold_in(PRNGKey(seed), c)``; with ``checkpoint_dir`` its state is saved there every
     ``settings.checkpoint_every`` iterations (and after warmup) and a matching checkpoint found there is resumed."""
@@ -241,14 +283,20 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
 
     out_s: dict[str, list] = {}
     out_t: dict[str, list] = {}
+    per_chain = isinstance(init, (list, tuple))  # init: dispersed, one start per chain (indexed by chain id)
     runs = [chain_ids] if vectorized else [[c] for c in chain_ids]
     for ids in runs:
-        kernel = make_kernel(builder, settings, init, **kernel_overrides)  # fresh: NUTS.init mutates the kernel
+        init_params = None
+        if per_chain and len(ids) > 1:  # vectorised chains: stacked unconstrained starts, one row per chain
+            init_params = _stacked_unconstrained(builder, arrays, [init[c] for c in ids])
+        one = init[ids[0]] if per_chain and len(ids) == 1 else (None if per_chain else init)
+        kernel = make_kernel(builder, settings, one, **kernel_overrides)  # fresh: NUTS.init mutates the kernel
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(settings.seed), c) for c in ids])
         t0 = time.perf_counter()
         _stderr(f"chain(s) {ids}: compiling and sampling")
         res = sample_chains(kernel, (arrays,), {"y": arrays.values}, keys if len(ids) > 1 else keys[0],
-                            settings.warmup, settings.samples, checkpoint_every=settings.checkpoint_every,
+                            settings.warmup, settings.samples, init_params=init_params,
+                            checkpoint_every=settings.checkpoint_every,
                             checkpoint=chain_file(checkpoint_dir, ids) if checkpoint_dir else None,
                             fingerprint=fingerprint, progress=settings.progress, label=f"chain(s) {ids}")
         samples, stats = res["samples"], res["stats"]
@@ -269,6 +317,15 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
             "stats": {k: np.concatenate(v, axis=0) for k, v in out_t.items()}}
 
 
+def _stacked_unconstrained(builder, arrays, starts: list[dict]) -> dict:
+    """Constrained per-chain starts -> NumPyro's unconstrained init_params with a leading chain axis."""
+    from numpyro.infer.util import unconstrain_fn
+
+    zs = [unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in s.items()})
+          for s in starts]
+    return {k: jnp.stack([z[k] for z in zs]) for k in zs[0]}
+
+
 def _strong(tree):
     """The same pytree with every leaf strongly typed (weak types would change the compiled step's signature between
     the first and later iterations, and between a fresh and a resumed chain)."""
@@ -278,7 +335,8 @@ def _strong(tree):
 
 
 def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: int, samples: int, *,
-                  extra_fields=EXTRA_FIELDS, checkpoint_every: int = 0, checkpoint=None, fingerprint: str = "",
+                  init_params=None, extra_fields=EXTRA_FIELDS, checkpoint_every: int = 0, checkpoint=None,
+                  fingerprint: str = "",
                   progress: bool = False, label: str = "chain", log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """``warmup + samples`` NUTS iterations of one chain (``key`` of shape [2]) or of chains vectorised in one
     program (``key`` [C, 2]), one compiled kernel step per iteration.
@@ -288,14 +346,15 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
     iterations run between two checkpoints, so a fit that was killed and resumed from ``checkpoint`` gives
     bit-identical draws to an uninterrupted one. Returns ``samples[site] -> [chain, draw, ...]`` (latent sites,
     constrained; no deterministic sites), ``stats[field] -> [chain, draw]`` and ``resumed_at`` (iterations
-    restored)."""
+    restored). ``init_params``: unconstrained starting point (a leading chain axis when vectorised); None: the
+    kernel's init strategy."""
     from operator import attrgetter
 
     from . import checkpoint as ckpt
 
     vec = jnp.ndim(key) == 2
     total = warmup + samples
-    state = _strong(kernel.init(key, warmup, None, model_args=model_args, model_kwargs=model_kwargs))
+    state = _strong(kernel.init(key, warmup, init_params, model_args=model_args, model_kwargs=model_kwargs))
     # latent sites on their constrained scale; deterministic sites are left out (they would replay the model, an ODE
     # solve per draw and a compile of its own; build_tree computes what it needs from the latents)
     pp = kernel.get_constrain_fn(model_args, model_kwargs, return_deterministic=False)
