@@ -59,6 +59,7 @@ _MEAS_KEYS = ("observable", "condition", "time", "group")
 _BAND_COLOR = "C0"
 _PRIOR_COLOR = "0.55"
 _POST_COLOR = "C0"
+_POST_COLOR_HEX = "#1f77b4"  # C0 of the default cycle
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -287,16 +288,30 @@ def plot_rank(
     return fig
 
 
+def _density_image(ax: Axes, x: np.ndarray, y: np.ndarray, bins: int = 32) -> None:
+    """A 2-D histogram of (x, y) as one image (empty bins transparent), embedded at its own resolution."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size == 0 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return
+    h, xe, ye = np.histogram2d(x, y, bins=bins)
+    cmap = LinearSegmentedColormap.from_list("post", ["#dbe9f6", _POST_COLOR_HEX])
+    ax.imshow(np.ma.masked_equal(h.T, 0), origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), aspect="auto",
+              cmap=cmap, interpolation="none")
+
+
 def plot_pairs(
     tree: xr.DataTree,
     var_names: Sequence[str],
-    *,
-    max_points: int = 2000,
-    seed: int = 0,
 ) -> Figure:
-    """Pairwise scatter plots (lower triangle) and marginal histograms (diagonal).
+    """Pairwise joint densities (lower triangle) and marginal histograms (diagonal).
 
     ``var_names`` may hold variable names (all elements) or element labels such as ``k_ins[obese]``.
+    Each off-diagonal panel is a 2-D histogram of every draw drawn as one small image, so the SVG stays small
+    however many draws and panels there are (a scatter of 2000 vector dots per panel made a 47 MB SVG for the 91
+    panels of ``full`` on Bergman 1981); every occupied bin is coloured, so the tails stay visible.
     Divergent draws (``sample_stats.diverging``) are shown in red.  Panels: k (k + 1) / 2.
     """
     post = _dataset(tree, "posterior")
@@ -311,9 +326,6 @@ def plot_pairs(
         div = _stack_samples(tree["sample_stats"].to_dataset()["diverging"])
         if div.size == n:
             divergent = np.asarray(div.values, dtype=bool)
-    rng = np.random.default_rng(seed)
-    shown = np.sort(rng.choice(n, size=max_points, replace=False)) if n > max_points else np.arange(n)
-    shown = shown[~divergent[shown]]
 
     size = max(1.6, min(2.6, 12.0 / k))
     fig = Figure(figsize=(size * k, size * k), layout="constrained")
@@ -328,7 +340,7 @@ def plot_pairs(
                 ax.hist(flat[i], bins=30, color=_POST_COLOR, alpha=0.7)
                 ax.set_yticks([])
             else:
-                ax.scatter(flat[j][shown], flat[i][shown], s=3, alpha=0.3, color=_POST_COLOR, lw=0)
+                _density_image(ax, flat[j], flat[i])
                 if divergent.any():
                     ax.scatter(flat[j][divergent], flat[i][divergent], s=8, color="red", lw=0,
                                label="divergent")
