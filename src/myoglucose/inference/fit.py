@@ -137,22 +137,12 @@ def _metric_kw(metric) -> dict:
     return {} if metric is None else {"inverse_mass_matrix": jnp.asarray(metric, dtype=jnp.float64)}
 
 
-def _flat(builder, arrays, start: dict):
-    """A constrained start -> the flat unconstrained vector that ``potential`` takes."""
-    import jax.numpy as jnp
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import unconstrain_fn
-
-    z = unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in start.items()})
-    return ravel_pytree(z)[0]
-
-
 def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict, object]:
     """Run MAP initialisation and NUTS. Returns (samples, stats, builder); arrays are [chain, draw, ...]."""
     import jax
 
     from .. import runtime
-    from .sample import find_chain_starts, find_map, map_metric, potential, run_nuts
+    from .sample import find_chain_starts, find_map, flat_unconstrained, map_metric, potential, run_nuts
 
     info = runtime.configure(job.device, job.cache_dir)
     settings = SamplerSettings.from_dict(job.sampler)
@@ -199,14 +189,15 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
                 checkpoint.save_init(Path(ck), init, fp)
     if isinstance(init, list) and start_potentials is None:  # restored dispersed starts: their potentials again
         pot = pot or potential(builder, data.arrays)
-        start_potentials = [float(pot[0](_flat(builder, data.arrays, s))[0]) for s in init]
+        start_potentials = [float(pot[0](flat_unconstrained(builder, data.arrays, s))[0]) for s in init]
     metric = None
     if settings.laplace_metric:  # recomputed on resume: deterministic, and 2 n gradients (seconds)
         # dispersed: at the chain start with the highest density
         at = init[int(np.argmin(start_potentials))] if isinstance(init, list) else init
         metric = map_metric(builder, data.arrays, at, settings, log=log, pot=pot)
     elif settings.metric_init == "laplace":
-        log("metric_init laplace needs init: map; with init: median the warmup starts from the identity metric")
+        log("metric_init laplace needs init: map or dispersed; with init: median the warmup starts from the identity "
+            "metric")
     log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
         f"chain method {method}")
     t0 = time.perf_counter()

@@ -218,13 +218,8 @@ def map_metric(builder, arrays, init: dict, settings: SamplerSettings, log: Call
                pot=None):
     """The Laplace inverse mass matrix at a constrained MAP point ``init`` (flat, NumPyro's sorted-site order).
     ``pot``: the fit's ``potential(builder, arrays)`` (built here when not given)."""
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import unconstrain_fn
-
     vg, unravel = pot if pot is not None else potential(builder, arrays)
-    names = sorted(init)
-    z = unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(init[k]) for k in names})
-    x = np.asarray(ravel_pytree({k: z[k] for k in names})[0])
+    x = np.asarray(flat_unconstrained(builder, arrays, init))
     t0 = time.perf_counter()
     H = hessian_fd(lambda p: vg(jnp.asarray(p))[1], x)
     M, info = laplace_inverse_metric(H, settings.dense_mass)
@@ -317,12 +312,23 @@ def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chai
             "stats": {k: np.concatenate(v, axis=0) for k, v in out_t.items()}}
 
 
-def _stacked_unconstrained(builder, arrays, starts: list[dict]) -> dict:
-    """Constrained per-chain starts -> NumPyro's unconstrained init_params with a leading chain axis."""
+def unconstrained(builder, arrays, start: dict) -> dict:
+    """A constrained start (latent site -> value) on NumPyro's unconstrained latent space."""
     from numpyro.infer.util import unconstrain_fn
 
-    zs = [unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in s.items()})
-          for s in starts]
+    return unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in start.items()})
+
+
+def flat_unconstrained(builder, arrays, start: dict):
+    """A constrained start -> the flat unconstrained vector (sorted sites) that ``potential`` takes."""
+    from jax.flatten_util import ravel_pytree
+
+    return ravel_pytree(unconstrained(builder, arrays, start))[0]
+
+
+def _stacked_unconstrained(builder, arrays, starts: list[dict]) -> dict:
+    """Constrained per-chain starts -> NumPyro's unconstrained init_params with a leading chain axis."""
+    zs = [unconstrained(builder, arrays, s) for s in starts]
     return {k: jnp.stack([z[k] for z in zs]) for k in zs[0]}
 
 

@@ -59,7 +59,6 @@ _MEAS_KEYS = ("observable", "condition", "time", "group")
 _BAND_COLOR = "C0"
 _PRIOR_COLOR = "0.55"
 _POST_COLOR = "C0"
-_POST_COLOR_HEX = "#1f77b4"  # C0 of the default cycle
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -290,14 +289,14 @@ def plot_rank(
 
 def _density_image(ax: Axes, x: np.ndarray, y: np.ndarray, bins: int = 32) -> None:
     """A 2-D histogram of (x, y) as one image (empty bins transparent), embedded at its own resolution."""
-    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.colors import LinearSegmentedColormap, to_hex
 
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size == 0 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return
     h, xe, ye = np.histogram2d(x, y, bins=bins)
-    cmap = LinearSegmentedColormap.from_list("post", ["#dbe9f6", _POST_COLOR_HEX])
+    cmap = LinearSegmentedColormap.from_list("post", ["#dbe9f6", to_hex(_POST_COLOR)])
     ax.imshow(np.ma.masked_equal(h.T, 0), origin="lower", extent=(xe[0], xe[-1], ye[0], ye[-1]), aspect="auto",
               cmap=cmap, interpolation="none")
 
