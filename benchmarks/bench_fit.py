@@ -40,12 +40,12 @@ from bench_model import cpu_model  # noqa: E402  (the machine description, share
 REFERENCE = {"name": "Kvaerno5", "rtol": 1e-10, "atol": 1e-10, "max_steps": 100000}
 
 
-def _setup(cache_dir: str | None = None):
+def _setup(cache_dir: str | None = None, device: str = "cpu"):
     os.environ.setdefault("EQX_ON_ERROR", "nan")
     os.environ.setdefault("MYOGLUCOSE_ROOT", str(ROOT))
     from myoglucose import runtime
 
-    runtime.configure("cpu", cache_dir)
+    runtime.configure(device, cache_dir)
 
 
 def _tidy(dataset: str, work: Path) -> Path:
@@ -154,7 +154,9 @@ def bench_density(case: str, solvers: list[str], repeats: int, work: Path, base_
 
 
 def one_scaling(n: int, repeats: int, base_solver: dict) -> dict:
-    """Gradient cost of the hierarchical log density for an N-subject synthetic cohort (run in its own process)."""
+    """Gradient cost of the hierarchical log density for an N-subject synthetic cohort, with the time of each set-up
+    phase. The cohort is simulated on the CPU (it is set-up, not the measured program), so on a GPU machine only the
+    log density runs on the accelerator."""
     import jax
     import numpy as np
 
@@ -164,17 +166,23 @@ def one_scaling(n: int, repeats: int, base_solver: dict) -> dict:
     from myoglucose.model.simulate import SolverSettings
     from myoglucose.model.spec import load_model
 
+    phases = {}
+    t0 = time.perf_counter()
     spec = load_model(ROOT / "models/core")
     times = np.arange(0.0, 241.0, 20.0)
-    coh = simulate_cohort(spec, str(ROOT / "protocols/katz2000_clamp_120.yaml"), n, 1, ["cohort"],
-                          ["glucose_plasma", "insulin_plasma", "gir"], times, solver=base_solver)
+    with jax.default_device(jax.devices("cpu")[0]):
+        coh = simulate_cohort(spec, str(ROOT / "protocols/katz2000_clamp_120.yaml"), n, 1, ["cohort"],
+                              ["glucose_plasma", "insulin_plasma", "gir"], times, solver=base_solver)
     conds = coh.conditions.assign(group=coh.conditions["subject_id"])  # every subject its own group
     meas = coh.measurements.assign(group=coh.measurements["subject_id"])
     data = build_fit_data(meas, conds, ROOT, set(spec.observables))
+    phases["cohort_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     b = ModelBuilder(spec, data, SolverSettings.from_dict({**base_solver, "name": "auto"}))
     probe_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     pot, x0 = _density_programs(b, data.arrays)
+    phases["initialize_model_s"] = time.perf_counter() - t0
     vg = jax.jit(jax.value_and_grad(pot))
     t0 = time.perf_counter()
     jax.block_until_ready(vg(x0))
@@ -182,10 +190,12 @@ def one_scaling(n: int, repeats: int, base_solver: dict) -> dict:
     rng = np.random.default_rng(0)
     xs = [x0 + 0.05 * rng.standard_normal(x0.shape) for _ in range(3)]
     med, mn = _time(vg, xs, repeats)
+    stats = jax.devices()[0].memory_stats() or {}  # accelerators report their own peak; the CPU backend reports none
     return {"n_subjects": n, "latent_dim": int(x0.shape[0]), "measurements": int(data.arrays.values.shape[0]),
-            "solver": b.solver.name, "stiffness_probe_s": probe_s, "first_call_s": first,
-            "grad_median_s": med, "grad_min_s": mn,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "solver": b.solver.name, "stiffness_probe_s": probe_s, "first_call_s": first, **phases,
+            "grad_median_s": med, "grad_min_s": mn, "backend": jax.default_backend(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "device_peak_mib": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None}
 
 
 def one_compile(case: str, work: Path, base_solver: dict) -> dict:
@@ -240,13 +250,26 @@ def _subprocess_json(args: list[str], env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _subprocess_json_lines(args: list[str]):
+    """Yield each JSON line the child prints, as it prints it (a long run keeps what it finished)."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("{"):
+            yield json.loads(line)
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        raise RuntimeError(f"{args} failed:\n{err[-3000:]}")
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = ["# myoglucose fit benchmark", "",
              f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, load average (1/5/15 min) at start "
              f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end "
              f"{'/'.join(f'{x:.1f}' for x in m['loadavg_end'])}; Python {m['python']}, jax {m['jax']}, "
-             f"diffrax {m['diffrax']}, numpyro {m['numpyro']}, backend {m['backend']}.", "",
+             f"diffrax {m['diffrax']}, numpyro {m['numpyro']}, backend {m['backend']} "
+             f"({m.get('device_kind', 'cpu')}).", "",
              f"Solver tolerances: rtol {res['base_solver'].get('rtol')}, atol {res['base_solver'].get('atol')} "
              f"(config/config.yaml); reference for the accuracy column: Kvaerno5 at rtol = atol = 1e-10.", ""]
     if res.get("density"):
@@ -271,11 +294,15 @@ def markdown(res: dict) -> str:
         base = res["scaling"][0]["grad_median_s"]
         lines += ["## Scaling of the hierarchical gradient with subjects (core, 4-h clamp, each subject its own group)",
                   "", "| N subjects | latent dim | solver | gradient (ms) | x N=1 | per subject (ms) | first call (s) | "
-                  "peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+                  "peak RSS (MiB) | peak device memory (MiB) | set-up: cohort / stiffness probe / init (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for s in res["scaling"]:
+            dev = s.get("device_peak_mib")
             lines.append(f"| {s['n_subjects']} | {s['latent_dim']} | {s['solver']} | {s['grad_median_s'] * 1e3:.1f} | "
                          f"{s['grad_median_s'] / base:.1f} | {s['grad_median_s'] * 1e3 / s['n_subjects']:.2f} | "
-                         f"{s['first_call_s']:.1f} | {s['peak_rss_mib']:.0f} |")
+                         f"{s['first_call_s']:.1f} | {s['peak_rss_mib']:.0f} | {'-' if dev is None else f'{dev:.0f}'} | "
+                         f"{s.get('cohort_s', float('nan')):.0f} / {s['stiffness_probe_s']:.0f} / "
+                         f"{s.get('initialize_model_s', float('nan')):.0f} |")
         lines.append("")
     if res.get("load"):
         lines += ["## Load: a short real fit of an N-subject cohort (core, each subject its own group, 1 chain)", "",
@@ -305,8 +332,10 @@ def main(argv=None) -> int:
     ap.add_argument("--solvers", nargs="*", default=["Kvaerno5", "Tsit5"])
     ap.add_argument("--scaling", nargs="*", type=int, default=[1, 4, 16, 64, 256])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu", "auto"],
+                    help="where the density, scaling and compile sections run (the load section's fit uses the CPU)")
     ap.add_argument("--work", default=None, help="folder for tidy tables (default: a temporary folder)")
-    ap.add_argument("--one-scaling", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--one-scaling", type=int, nargs="*", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one-compile", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--markdown-from", default=None, help="only rewrite the markdown from an existing JSON")
     args = ap.parse_args(argv)
@@ -319,15 +348,16 @@ def main(argv=None) -> int:
     base_solver = yaml.safe_load((ROOT / "config/config.yaml").read_text()).get("solver", {})
     work = Path(args.work or tempfile.mkdtemp(prefix="myoglucose-bench-"))
     if args.one_scaling is not None:
-        _setup()
-        print(json.dumps(one_scaling(args.one_scaling, args.repeats, base_solver)))
+        _setup(device=args.device)
+        for n in args.one_scaling:
+            print(json.dumps(one_scaling(n, args.repeats, base_solver)), flush=True)
         return 0
     if args.one_compile is not None:
-        _setup(os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+        _setup(os.environ.get("JAX_COMPILATION_CACHE_DIR"), args.device)
         print(json.dumps(one_compile(args.one_compile, work, base_solver)))
         return 0
 
-    _setup()
+    _setup(device=args.device)
     import diffrax
     import jax
     import numpyro
@@ -335,17 +365,24 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_compilation_cache", False)  # first-call numbers are real compiles
     res = {"machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
                        "python": sys.version.split()[0], "jax": jax.__version__, "diffrax": diffrax.__version__,
-                       "numpyro": numpyro.__version__, "backend": jax.default_backend()},
+                       "numpyro": numpyro.__version__, "backend": jax.default_backend(),
+                       "device_kind": jax.devices()[0].device_kind},
            "base_solver": base_solver}
     if "density" in args.sections:
         res["density"] = [bench_density(c, args.solvers, args.repeats, work, base_solver) for c in args.cases]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if "scaling" in args.sections:
+        # On the CPU one process per N, so that each peak RSS is that N's. On an accelerator (its own peak memory
+        # counter) one process for all N: start-up and imports there cost more than the gradients measured.
+        groups = [[n] for n in args.scaling] if args.device == "cpu" else [args.scaling]
         res["scaling"] = []
-        for n in args.scaling:
-            s = _subprocess_json(["--one-scaling", str(n), "--repeats", str(args.repeats)])
-            print(f"[bench] scaling N={n}: gradient {s['grad_median_s'] * 1e3:.1f} ms, peak RSS "
-                  f"{s['peak_rss_mib']:.0f} MiB", flush=True)
-            res["scaling"].append(s)
+        for ns in groups:
+            cmd = ["--one-scaling", *map(str, ns), "--repeats", str(args.repeats), "--device", args.device]
+            for s in _subprocess_json_lines(cmd):
+                print(f"[bench] scaling N={s['n_subjects']}: {json.dumps(s)}", flush=True)
+                res["scaling"].append(s)
+                out.write_text(json.dumps(res, indent=2))  # what finished survives a time limit
     if "load" in args.sections:
         res["load"] = []
         for n in args.load:
@@ -355,14 +392,12 @@ def main(argv=None) -> int:
     if "compile" in args.sections:
         cache = tempfile.mkdtemp(prefix="myoglucose-bench-cache-")
         env = {"JAX_COMPILATION_CACHE_DIR": cache}
-        extra = ["--work", str(work)]
+        extra = ["--work", str(work), "--device", args.device]
         cold = _subprocess_json(["--one-compile", args.cases[0], *extra], env)
         warm = _subprocess_json(["--one-compile", args.cases[0], *extra], env)
         res["compile"] = {"case": args.cases[0], "cold": cold, "warm": warm}
         print(f"[bench] compile cold {cold}, warm {warm}", flush=True)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))

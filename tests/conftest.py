@@ -1,4 +1,8 @@
-"""Test set-up: float64, CPU, EQX_ON_ERROR=nan and a persistent compilation cache (so repeated runs are fast)."""
+"""Test set-up: float64, CPU, EQX_ON_ERROR=nan and a persistent compilation cache (so repeated runs are fast).
+
+The tests run on the CPU; ``MYOGLUCOSE_TEST_DEVICE=auto`` (or ``gpu``) lets JAX see a GPU, which the ``gpu`` tier
+(tests/test_gpu.py) needs: with the CPU forced, JAX hides every GPU and those tests skip.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ os.environ.setdefault("MYOGLUCOSE_CACHE_DIR", str(ROOT / ".jax_cache"))
 
 from myoglucose import runtime  # noqa: E402
 
-runtime.configure("cpu", os.environ["MYOGLUCOSE_CACHE_DIR"])
+runtime.configure(os.environ.get("MYOGLUCOSE_TEST_DEVICE", "cpu"), os.environ["MYOGLUCOSE_CACHE_DIR"])
 
 
 @pytest.fixture(scope="session")

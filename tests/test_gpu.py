@@ -1,6 +1,7 @@
 """On a CUDA device: the same log density as on the CPU, and a short fit with vectorised chains.
 
-Skipped where JAX sees no GPU (``pip install -e ".[cuda,test]"`` on a GPU machine, then ``python -m pytest -m gpu``).
+Skipped where JAX sees no GPU. On a GPU machine: ``pip install -e ".[cuda,test]"``, then
+``MYOGLUCOSE_TEST_DEVICE=auto python -m pytest -m gpu`` (the test set-up forces the CPU otherwise).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def test_log_density_and_gradient_agree_between_cpu_and_gpu(problem) -> None:
         out[platform] = (float(v), np.asarray(g))
     assert np.isfinite(out["gpu"][0])
     assert out["gpu"][0] == pytest.approx(out["cpu"][0], rel=1e-9, abs=1e-8)
-    np.testing.assert_allclose(out["gpu"][1], out["cpu"][1], rtol=1e-7, atol=1e-9)
+    # The gradient comes from the solver's sensitivities, whose accuracy is the solver's (rtol 1e-6): the GPU's
+    # different rounding moves the adaptive steps, so one element of 14 differed by 9.2e-7 relative on an H100
+    # (2026-11-26) while the log density agreed to 1e-9. Ten times the solver's rtol still catches a wrong gradient.
+    np.testing.assert_allclose(out["gpu"][1], out["cpu"][1], rtol=1e-5, atol=1e-8)
 
 
 @needs_gpu
@@ -71,12 +75,15 @@ def test_short_fit_with_vectorised_chains_on_gpu(problem) -> None:
     from myoglucose.inference.fit import run_fit
 
     job, _ = problem
-    job = dataclasses.replace(job, device="gpu", sampler={"chains": 4, "warmup": 30, "samples": 30, "init": "median",
+    # Sized for the GPU's per-gradient latency (31 ms for a one-subject core clamp on an H100, 2026-11-26, against
+    # 2 ms on one CPU core; benchmarks/records/): 4 chains x (30 + 30) iterations at tree depth 6 did not finish in
+    # 2 minutes there.
+    job = dataclasses.replace(job, device="gpu", sampler={"chains": 4, "warmup": 10, "samples": 10, "init": "median",
                                                           "progress": False, "chain_method": "auto",
-                                                          "max_tree_depth": 6, "seed": 3},
+                                                          "max_tree_depth": 4, "seed": 3},
                               cache_dir=os.environ.get("JAX_COMPILATION_CACHE_DIR"))
     samples, stats, _ = run_fit(job, log=lambda m: None)
     for k, v in samples.items():
-        assert v.shape[:2] == (4, 30), k
+        assert v.shape[:2] == (4, 10), k
         assert np.all(np.isfinite(v)), k
-    assert int(np.sum(stats["diverging"])) < 30
+    assert int(np.sum(stats["diverging"])) < 10
