@@ -131,9 +131,9 @@ def test_failed_solves_are_masked_and_counted(problem, monkeypatch):
     G = len(data.groups)
 
     def stub(settings, active):
-        def run(p, u, ts, t1):
+        def run(p, u, ts, t1):  # called with several draws x (G x P) solves at once (prediction._over_draws)
             ok = jnp.ones(G * P, bool).at[1].set(False).at[P - 1].set(False)  # group 0: delay 2 h and the control
-            return jnp.full(G * P, 5.0), ok
+            return jnp.full(t1.shape[0], 5.0), jnp.tile(ok, t1.shape[0] // (G * P))
         return run
 
     monkeypatch.setattr(prediction, "_steady_gir_batch", stub)
@@ -269,3 +269,33 @@ def test_post_exercise_table_and_files(tmp_path):
     files = save_table(df, tmp_path / "post_exercise_gir", caption="GIR", label="tab:pe")
     assert sorted(p.name for p in files) == ["post_exercise_gir.csv", "post_exercise_gir.tex"]
     assert "ratio\\_median" in (tmp_path / "post_exercise_gir.tex").read_text()
+
+
+@pytest.mark.parametrize("n_draws, batch", [(7, 6), (1, 128), (4, 3), (5, 128)])
+def test_draws_batched_into_one_program_equal_one_call_per_draw(n_draws, batch):
+    """``_over_draws`` (several draws per solver call, the last chunk padded) gives what one call per draw gives, in
+    draw order, and calls the solver with one shape only (one compiled program)."""
+    import jax.numpy as jnp
+
+    from myoglucose.prediction import _over_draws
+
+    B = 3
+    shapes = []
+
+    def run(p, u, ts, t1):  # elementwise over the batch, like a vmapped solve
+        shapes.append(t1.shape)
+        return p["a"] * t1 + ts.sum(-1) + u["w"], (p["a"] > 2.0)[:, None] & (ts > 0.5)
+
+    def params(d):
+        return {"a": jnp.arange(B) + 1.5 * d}
+
+    u, ts, t1 = {"w": jnp.asarray([0.1, 0.2, 0.3])}, jnp.linspace(0.0, 1.0, 2 * B).reshape(B, 2), jnp.arange(1.0, 4.0)
+    draws = [4, 0, 2, 6, 1, 3, 5][:n_draws]
+    m, ok = _over_draws(run, params, draws, u, ts, t1, batch=batch)
+    assert m.shape == (n_draws, B) and ok.shape == (n_draws, B, 2)
+    for i, d in enumerate(draws):
+        m1, ok1 = run(params(d), u, ts, t1)
+        np.testing.assert_array_equal(m[i], np.asarray(m1))
+        np.testing.assert_array_equal(ok[i], np.asarray(ok1))
+    calls = shapes[:-n_draws]  # the reference calls above appended their own shapes
+    assert len(set(calls)) == 1 and calls[0][0] == B * max(1, min(n_draws, batch // B))

@@ -108,6 +108,39 @@ def _solve_batch_with_slow(settings: SolverSettings, active):
     return jax.jit(jax.vmap(one))
 
 
+#: Solves per compiled call when draws are batched (``_over_draws``). On a GPU every call pays a fixed latency (about
+#: 30 ms for a clamp on an H100) whatever its size, so batching draws turns a few hundred calls into a few; on the
+#: CPU the solves' arithmetic dominates and the time is the same (docs/performance.md, "posterior predictive").
+BATCH_SOLVES = 128
+
+
+def _over_draws(run, params_of_draw: Callable[[int], dict], draws, inputs, ts, t1, batch: int = BATCH_SOLVES):
+    """``run`` (a jit(vmap) solve over B batch elements) for every draw in ``draws`` and every element, several draws
+    per call: each call flattens ``chunk`` draws x B elements into one vmapped batch. The last chunk is padded by
+    repeating its final draw, so every call has the same shapes and one compiled program serves them all.
+    ``params_of_draw(d)`` gives the parameters of draw ``d`` as a dict of [B] arrays. Returns ``run``'s outputs as
+    numpy arrays with a leading [len(draws), B] instead of [B]."""
+    import jax
+    import jax.numpy as jnp
+
+    draws = list(draws)
+    B = int(np.shape(t1)[0])
+    chunk = max(1, min(len(draws), batch // B))
+
+    def tile(x):
+        return jnp.tile(jnp.asarray(x), (chunk,) + (1,) * (jnp.ndim(x) - 1))
+
+    u, tsb, t1b = jax.tree_util.tree_map(tile, inputs), tile(ts), tile(t1)
+    parts = []
+    for start in range(0, len(draws), chunk):
+        ds = draws[start:start + chunk]
+        ps = [params_of_draw(d) for d in ds + [ds[-1]] * (chunk - len(ds))]
+        p = {k: jnp.concatenate([jnp.broadcast_to(q[k], (B,)) for q in ps]) for k in ps[0]}
+        out = run(p, u, tsb, t1b)
+        parts.append([np.asarray(r).reshape((chunk, B) + r.shape[1:])[:len(ds)] for r in out])
+    return tuple(np.concatenate(xs) for xs in zip(*parts))
+
+
 # -- post-exercise insulin sensitivity ---------------------------------------------------------------------------
 #: Defaults of the config section ``predict.post_exercise`` (workflow/schemas/config.schema.yaml states the same).
 POST_EXERCISE_DEFAULTS = {
@@ -247,15 +280,12 @@ def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray
     ssettings = _scenario_settings(settings, allp)
     run = _steady_gir_batch(ssettings, active_states(allp, True))
     nd = len(draws)
-    gir = np.full((nd, G, P), np.nan)
-    ok = np.zeros((nd, G, P), bool)
-    for j in range(nd):
-        p = builder.condition_params({k: jnp.asarray(v[j]) for k, v in pop.items()},
-                                     {k: jnp.asarray(v[j]) for k, v in grp.items()}, gidx)
-        m, o = run(p, ub, tsb, t1b)
-        m, o = np.asarray(m).reshape(G, P), np.asarray(o).reshape(G, P)
-        ok[j] = o & np.isfinite(m)
-        gir[j] = np.where(ok[j], m, np.nan)
+    m, o = _over_draws(run, lambda j: builder.condition_params({k: jnp.asarray(v[j]) for k, v in pop.items()},
+                                                              {k: jnp.asarray(v[j]) for k, v in grp.items()}, gidx),
+                       range(nd), ub, tsb, t1b)
+    m, o = m.reshape(nd, G, P), o.reshape(nd, G, P)
+    ok = o & np.isfinite(m)
+    gir = np.where(ok, m, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = gir[:, :, :-1] / gir[:, :, -1:]
     n_failed = int((~ok).sum())
@@ -321,15 +351,12 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     T = 121
     ts = np.stack([np.linspace(0.0, float(t1), T) for t1 in np.asarray(a.t1)])
     run = _solve_batch(builder.solver, data.active)  # the fit's solver (``auto`` resolved by measuring stiffness)
-    means = np.zeros((nd, Cn, len(OBS), T))
-    ok_all = np.ones((nd, Cn), bool)
     cg = np.asarray(a.cond_group)
-    for d in range(nd):
-        p = builder.condition_params({k: jnp.asarray(v[d]) for k, v in pop.items()},
-                                     {k: jnp.asarray(v[d]) for k, v in grp.items()}, a.cond_group,
-                                     {k: jnp.asarray(v[d]) for k, v in subj.items()}, a.cond_subject)
-        m, ok = run(p, a.inputs, jnp.asarray(ts), a.t1)
-        means[d], ok_all[d] = np.asarray(m), np.asarray(ok)
+    means, ok_all = _over_draws(
+        run, lambda d: builder.condition_params({k: jnp.asarray(v[d]) for k, v in pop.items()},
+                                                {k: jnp.asarray(v[d]) for k, v in grp.items()}, a.cond_group,
+                                                {k: jnp.asarray(v[d]) for k, v in subj.items()}, a.cond_subject),
+        range(nd), a.inputs, ts, a.t1)
     log(f"predictive: {nd} draws x {Cn} conditions (failed solves: {int((~ok_all).sum())})")
     cond_ds = xr.Dataset(
         {"mean": (("draw", "condition", "observable", "time_index"), means),
@@ -366,11 +393,11 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
             sts[si] = grid
             tsb = jnp.asarray(np.broadcast_to(grid, (G, Ts)))
             t1b = jnp.full((G,), pr.end)
-            for j, d in enumerate(sidx):
-                p = builder.condition_params({k: jnp.asarray(v[d]) for k, v in pop.items()},
-                                             {k: jnp.asarray(v[d]) for k, v in grp.items()}, jnp.arange(G))
-                m, sl, ok = run_s(p, ub, tsb, t1b)
-                out[si, j], slow[si, j], sok[si, j] = np.asarray(m), np.asarray(sl), np.asarray(ok)
+            out[si], slow[si], sok[si] = _over_draws(
+                run_s, lambda d: builder.condition_params({k: jnp.asarray(v[d]) for k, v in pop.items()},
+                                                          {k: jnp.asarray(v[d]) for k, v in grp.items()},
+                                                          jnp.arange(G)),
+                sidx, ub, tsb, t1b)
             log(f"scenario {pr.name}: {len(sidx)} draws x {G} groups (failed solves: {int((~sok[si]).sum())})")
         scen_ds = xr.Dataset(
             {"mean": (("scenario", "draw", "group", "observable", "time_index"), out),
