@@ -13,7 +13,8 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from myoglucose.inference.sample import SamplerSettings, find_chain_starts, find_map, run_nuts
+from myoglucose.inference.sample import (SamplerSettings, _optimise_starts, find_chain_starts, find_map, potential,
+                                         run_nuts, start_points)
 
 MODES = (-3.0, 3.0)
 SD = 0.3
@@ -91,3 +92,51 @@ def test_rhat_sees_the_modes_only_from_dispersed_starts(vectorized):
     print(f"R-hat: dispersed starts {r_dispersed:.2f}, one shared start {r_shared:.3f}")
     assert r_dispersed > 2.0
     assert r_shared < 1.05
+
+
+def test_start_points_are_overdispersed_prior_draws_around_the_median():
+    """Start 0 is the prior median; the others are median + map_spread x (prior draw - median), so with the same key
+    spread 3 puts every start exactly 3 times as far from the median as spread 1 (plain prior draws, sd 3 here)."""
+    key = jax.random.PRNGKey(5)
+    one = start_points(TwoModes(), ARRAYS, SamplerSettings(map_spread=1.0), key, 400, True)
+    three = start_points(TwoModes(), ARRAYS, SamplerSettings(map_spread=3.0), key, 400, True)
+    c = float(one[0][0])
+    assert float(three[0][0]) == c and abs(c) < 1.0  # the median of the N(0, 3) prior, estimated from 15 draws
+    d1 = np.array([float(x[0]) - c for x in one[1:]])
+    d3 = np.array([float(x[0]) - c for x in three[1:]])
+    np.testing.assert_allclose(d3, 3.0 * d1, rtol=1e-12, atol=1e-12)
+    print("sd of plain starts", d1.std(), "of spread-3 starts", d3.std())
+    assert 0.85 < d1.std() / 3.0 < 1.15
+    with pytest.raises(ValueError, match="map_spread"):
+        SamplerSettings(map_spread=0.0)
+
+
+class TailOptimum:
+    """x ~ Normal(0, 1) a priori; the likelihood has a broad shallow mode at x = 0.5 and a narrow deep one at
+    x = -3.5 (3.5 prior sd out, where the joint density is highest): the situation of full Sorensen 1978's akt_ec50."""
+
+    solver = types.SimpleNamespace(adjoint="reverse")
+
+    def model(self, a, y=None):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        comp = jnp.stack([jnp.log(0.02) + dist.Normal(0.5, 0.7).log_prob(x),
+                          jnp.log(0.98) + dist.Normal(-3.5, 0.15).log_prob(x)])
+        numpyro.factor("lik", 8.0 * jax.scipy.special.logsumexp(comp))
+
+
+def test_overdispersed_starts_reach_an_optimum_in_the_prior_tail():
+    """From plain prior draws few optimisations reach the deep optimum 3.5 prior sd out; from spread 3, many do, and
+    the MAP is that optimum."""
+    pot = potential(TailOptimum(), ARRAYS)
+    found = {}
+    for spread in (1.0, 3.0):
+        settings = SamplerSettings(map_spread=spread, map_steps=100)
+        runs = _optimise_starts(TailOptimum(), ARRAYS, settings, jax.random.PRNGKey(2), 60, pot, True,
+                                lambda m: None, "start")
+        xs = np.array([float(x[0]) for x, _ in runs])
+        found[spread] = int(np.sum(np.abs(xs + 3.5) < 0.3))
+    print("starts reaching the deep optimum: spread 1", found[1.0], "of 60, spread 3", found[3.0], "of 60")
+    assert found[3.0] >= 3 and found[3.0] > 2 * found[1.0]
+    m = float(find_map(TailOptimum(), ARRAYS, SamplerSettings(map_starts=8, map_steps=100, map_spread=3.0),
+                       jax.random.PRNGKey(2), log=lambda m: None)["x"])
+    assert abs(m + 3.5) < 0.3

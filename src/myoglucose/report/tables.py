@@ -613,7 +613,9 @@ def methods_paragraph(
     if init == "map":
         starts = settings.get("map_starts")
         txt = "chains initialised at multi-start MAP estimates"
-        detail.append(txt + (f" from {int(starts)} optimisation starts" if starts else ""))
+        spread = settings.get("map_spread")
+        detail.append(txt + (f" from {int(starts)} optimisation starts" if starts else "")
+                      + (f" over-dispersed {float(spread):g}x around the prior median" if spread and starts else ""))
         if settings.get("metric_init", "identity") == "laplace":
             detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
                           "(Laplace approximation)")
