@@ -139,3 +139,16 @@ def test_simulate_cohort_feeds_fit_format(tmp_path):
              tmp_path / "again")
     assert r2.returncode == 0
     assert (out / "measurements.tsv").read_text() == (tmp_path / "again" / "measurements.tsv").read_text()
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "3"), ("0", "0")])
+def test_cli_hides_the_xla_compiler_log_unless_asked(preset, expected) -> None:
+    """Importing the CLI sets TF_CPP_MIN_LOG_LEVEL=3 before jaxlib loads (XLA's simplifier floods fit logs with
+    harmless ERROR lines), unless the user set it (0 shows XLA's C++ log when debugging)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if preset is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = preset
+    out = subprocess.run([sys.executable, "-c", "import os, sys, myoglucose.cli; "
+                          "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'jaxlib' in sys.modules)"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == [expected, "False"]

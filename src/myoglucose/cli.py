@@ -13,6 +13,8 @@ import os
 # Before anything imports equinox (it reads this once, at import): a failure inside an implicit solver stage must
 # become NaN (a rejected proposal), never an exception that ends a fit (shared/research/inference.md 2.3).
 os.environ.setdefault("EQX_ON_ERROR", "nan")
+# Before jaxlib loads (its C++ log reads this once): hide XLA's compiler log lines (runtime.configure says why).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
 import sys  # noqa: E402

@@ -11,6 +11,7 @@
   file. :func:`atomic_compilation_cache_writes` makes ``put`` write a temporary file and rename it
   (docs/reliability.md).
 - ``host_device_count``: XLA CPU devices (must be set before JAX initialises its backends).
+- XLA's own C++ log lines are hidden (``TF_CPP_MIN_LOG_LEVEL=3`` unless set): they are compiler noise in the logs.
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ def configure(device: str = "auto", cache_dir: str | Path | None = None, host_de
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
     os.environ.setdefault("EQX_ON_ERROR", "nan")
+    # XLA's C++ log: compiling the fit's programs prints dozens of "Algebraic simplifier is likely stuck in a circular
+    # simplification loop" lines at ERROR level (harmless: the pass stops at its iteration cap), which bury the fit's
+    # own log. Hidden unless the user sets TF_CPP_MIN_LOG_LEVEL (0 shows everything); real failures still raise.
+    # jaxlib reads it when it loads, so the CLI sets it at import; this covers library use that configures first.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     if host_device_count > 1:
