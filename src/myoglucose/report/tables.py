@@ -615,7 +615,8 @@ def methods_paragraph(
         txt = "chains initialised at multi-start MAP estimates"
         spread = settings.get("map_spread")
         detail.append(txt + (f" from {int(starts)} optimisation starts" if starts else "")
-                      + (f" over-dispersed {float(spread):g}x around the prior median" if spread and starts else ""))
+                      + (f" over-dispersed {float(spread):g}x around the prior median"
+                         if spread and starts and float(spread) != 1.0 else ""))
         if settings.get("metric_init", "identity") == "laplace":
             detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
                           "(Laplace approximation)")
