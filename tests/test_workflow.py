@@ -106,6 +106,25 @@ def test_resolved_config_has_defaults_and_overlay(workdir: Path) -> None:
     assert resolved["fits"] == [{"dataset": "katz2000_clamp", "model": "core"}]  # default: datasets x models
 
 
+def test_a_fits_entry_sampler_reaches_that_fit_only(workdir: Path) -> None:
+    """A `fits` entry's own sampler settings: kept in the resolved config (which the CLI reads), the fit's thread
+    count follows its own chains, and its rerun-trigger param differs from the other fit's only by them."""
+    shutil.copytree(workdir / "models/core", workdir / "models/core_copy")
+    overlay = workdir / "own.yaml"
+    overlay.write_text("models: [core, core_copy]\nfits:\n  - {dataset: katz2000_clamp, model: core}\n"
+                       "  - {dataset: katz2000_clamp, model: core_copy, sampler: {chains: 1, samples: 77}}\n")
+    res = snakemake(workdir, "-n", "--cores", "4", "--configfile", "config/test.yaml", str(overlay))
+    assert res.returncode == 0, res.stdout + res.stderr
+    resolved = yaml.safe_load((workdir / "results/config.resolved.yaml").read_text())
+    assert resolved["fits"] == [{"dataset": "katz2000_clamp", "model": "core"},
+                                {"dataset": "katz2000_clamp", "model": "core_copy",
+                                 "sampler": {"chains": 1, "samples": 77}}]
+    blocks = [b.split("\n\n", 1)[0] for b in res.stdout.split("rule fit:")[1:]]
+    jobs = {re.search(r"wildcards: model=(\w+)", b)[1]: b for b in blocks}
+    assert "threads: 2" in jobs["core"], jobs  # config/test.yaml: 2 chains
+    assert "threads:" not in jobs["core_copy"], jobs  # 1 thread (Snakemake prints no line for 1)
+
+
 def test_second_model_adds_loo_comparison(workdir: Path) -> None:
     shutil.copytree(workdir / "models/core", workdir / "models/core_copy")
     overlay = workdir / "two_models.yaml"
@@ -189,6 +208,12 @@ def test_post_exercise_figure_and_table_follow_the_config(workdir: Path, enabled
         ("joint:\n  kz:\n    datasets: [katz2000_clamp, katz2000_fsivgtt]\n    same_people: true\n",
          "joint.kz: Additional properties are not allowed ('same_people' was unexpected)"),
         ("fits:\n  - {dataset: kz, model: core}\n", "fits: dataset 'kz' is not listed under datasets"),
+        ("fits:\n  - {dataset: katz2000_clamp, model: core, sampler: {sample: 9}}\n",
+         "fits.0.sampler: unknown sampler setting 'sample'"),
+        ("fits:\n  - {dataset: katz2000_clamp, model: core, sampler: {warmup: 0}}\n",
+         "fits.0.sampler.warmup: 0 is less than the minimum of 1"),
+        ("fits:\n  - {dataset: katz2000_clamp, model: core}\n  - {dataset: katz2000_clamp, model: core, "
+         "sampler: {seed: 1}}\n", "fits: a (dataset, model) pair is listed twice"),
     ],
 )
 def test_bad_config_is_rejected_before_any_rule(workdir: Path, overlay: str, message: str) -> None:

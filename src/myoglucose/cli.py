@@ -238,7 +238,13 @@ def fit(
         cfg = load_config(config)
         import yaml
 
-        sampler = dict(cfg.get("sampler") or {})
+        from .config import sampler_for_fit
+
+        # the `sampler` section, with this fit's own settings over it (the `fits` entry of this dataset and model)
+        sampler = sampler_for_fit(cfg, tidy_dir.name, model.name)
+        overridden = {k: v for k, v in sampler.items() if (cfg.get("sampler") or {}).get(k, object()) != v}
+        if overridden:
+            log(f"sampler settings of the fits entry ({tidy_dir.name}, {model.name}): {overridden}")
         if seed is not None:
             sampler["seed"] = seed
         from .inference.sample import SamplerSettings
@@ -318,7 +324,14 @@ def diagnose(
         tree = read_tree(posterior)
         th = Thresholds.from_dict(cfg.get("diagnostics") or {})
         table = convergence_table(tree)
-        summ = sampler_summary(tree, int((cfg.get("sampler") or {}).get("max_tree_depth", 10)))
+        # the tree depth the fit ran with (its fits entry may override the sampler section's)
+        try:
+            ran = json.loads(tree.attrs.get("sampler_settings", "{}"))
+        except (TypeError, ValueError):
+            ran = {}
+        ran = ran if isinstance(ran, dict) else {}
+        depth = ran.get("max_tree_depth", (cfg.get("sampler") or {}).get("max_tree_depth", 10))
+        summ = sampler_summary(tree, int(depth))
         v = verdict(table, summ, th)
         v["summary"] = summ
         write_csv(table, out_table, sep="\t", index=False, float_format="%.6g")

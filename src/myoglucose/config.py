@@ -34,3 +34,41 @@ def validate_config(cfg: dict, source: str = "config") -> None:
     s = cfg.get("sampler") or {}
     if "warmup" in s and "samples" in s and int(s["warmup"]) < 1:
         raise ConfigError(f"{source}: sampler.warmup: must be >= 1")
+    fits = cfg.get("fits") or []
+    seen = set()
+    for i, entry in enumerate(fits):
+        key = (entry["dataset"], entry["model"])
+        if key in seen:
+            raise ConfigError(f"{source}: fits.{i}: ({key[0]}, {key[1]}) is listed twice")
+        seen.add(key)
+        check_sampler_override(entry.get("sampler"), f"{source}: fits.{i}.sampler")
+
+
+def check_sampler_override(override: dict | None, where: str) -> None:
+    """A `fits` entry's `sampler`: only keys of the `sampler` section, each valid under that section's rules."""
+    import jsonschema
+
+    from .cli import ConfigError
+
+    if not override:
+        return
+    section = config_schema()["properties"]["sampler"]
+    unknown = sorted(set(override) - set(section["properties"]))
+    if unknown:
+        raise ConfigError(f"{where}: unknown sampler setting(s) {unknown}; allowed: {sorted(section['properties'])}")
+    for key, value in override.items():
+        errors = list(jsonschema.Draft202012Validator(section["properties"][key]).iter_errors(value))
+        if errors:
+            raise ConfigError(f"{where}.{key}: {errors[0].message}")
+
+
+def sampler_for_fit(cfg: dict, dataset: str, model: str) -> dict:
+    """The sampler settings of one fit: the `sampler` section, with the matching `fits` entry's `sampler` over it.
+
+    ``dataset`` is the dataset (or joint dataset) id, ``model`` the model variant's folder name, as in the workflow's
+    result paths ``results/fits/<model>/<dataset>/``."""
+    merged = dict(cfg.get("sampler") or {})
+    for entry in cfg.get("fits") or []:
+        if entry.get("dataset") == dataset and entry.get("model") == model:
+            merged.update(entry.get("sampler") or {})
+    return merged

@@ -58,7 +58,29 @@ else:
             _config_error(f"fits: dataset '{_d}' is not listed under datasets {DATASETS} or joint {list(JOINT)}")
         if _m not in MODELS:
             _config_error(f"fits: model '{_m}' is not listed under models {MODELS}")
-config["fits"] = [{"dataset": d, "model": m} for d, m in FITS]
+    if len(set(FITS)) < len(FITS):
+        _config_error("fits: a (dataset, model) pair is listed twice")
+# Each fit's own sampler settings (a `fits` entry's `sampler`) over the sampler section, checked with the section's
+# schema: unknown keys and bad values are refused here, before any job.
+_SAMPLER_SCHEMA = yaml.safe_load(
+    Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml").read_text(encoding="utf-8")
+)["properties"]["sampler"]
+FIT_SAMPLER_OVERRIDES = {}
+for _i, _f in enumerate(config["fits"] or []):
+    _over = _f.get("sampler") or {}
+    for _k, _v in _over.items():
+        if _k not in _SAMPLER_SCHEMA["properties"]:
+            _config_error(f"fits.{_i}.sampler: unknown sampler setting '{_k}'; allowed: "
+                          f"{sorted(_SAMPLER_SCHEMA['properties'])}")
+        _errs = list(jsonschema.Draft202012Validator(_SAMPLER_SCHEMA["properties"][_k]).iter_errors(_v))
+        if _errs:
+            _config_error(f"fits.{_i}.sampler.{_k}: {_errs[0].message}")
+    if _over:
+        FIT_SAMPLER_OVERRIDES[(_f["dataset"], _f["model"])] = dict(_over)
+config["fits"] = [
+    {"dataset": d, "model": m, **({"sampler": FIT_SAMPLER_OVERRIDES[(d, m)]} if (d, m) in FIT_SAMPLER_OVERRIDES else {})}
+    for d, m in FITS
+]
 
 for _kind, _ids, _folder in (("datasets", DATASETS, "data"), ("models", MODELS, "models"),
                               ("sbc.dataset", [config["sbc"]["dataset"]], "data"),
@@ -104,6 +126,17 @@ _write_if_changed(
 def config_sections(*names):
     """Canonical JSON of the named config sections: a rerun-trigger param (not used by the command)."""
     return json.dumps({name: config[name] for name in names}, sort_keys=True)
+
+
+def fit_sampler(wildcards):
+    """The sampler settings of one fit: the sampler section with the fit's `fits` entry over it (what the CLI uses)."""
+    return {**config["sampler"], **FIT_SAMPLER_OVERRIDES.get((wildcards.dataset, wildcards.model), {})}
+
+
+def fit_settings(wildcards):
+    """Rerun-trigger param of a fit: its solver and sampler settings (the same string as config_sections("solver",
+    "sampler") for a fit without its own settings, so adding an override to one fit re-runs that fit only)."""
+    return json.dumps({"solver": config["solver"], "sampler": fit_sampler(wildcards)}, sort_keys=True)
 
 
 

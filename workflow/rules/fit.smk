@@ -17,8 +17,8 @@ rule fit:
     benchmark:
         "results/benchmarks/fit/{model}/{dataset}.tsv"
     params:
-        settings=config_sections("solver", "sampler"),  # rerun trigger only (common.smk)
-    threads: config["sampler"]["chains"]
+        settings=fit_settings,  # rerun trigger only (common.smk)
+    threads: lambda wildcards: fit_sampler(wildcards)["chains"]
     resources:
         mem_mb=8000,
         runtime=720,
