@@ -107,8 +107,8 @@ def test_resolved_config_has_defaults_and_overlay(workdir: Path) -> None:
 
 
 def test_a_fits_entry_sampler_reaches_that_fit_only(workdir: Path) -> None:
-    """A `fits` entry's own sampler settings: kept in the resolved config (which the CLI reads), the fit's thread
-    count follows its own chains, and its rerun-trigger param differs from the other fit's only by them."""
+    """A `fits` entry's own sampler settings: kept in the resolved config (which the CLI reads), and the fit's thread
+    count follows its own chains while the other fit keeps the section's."""
     shutil.copytree(workdir / "models/core", workdir / "models/core_copy")
     overlay = workdir / "own.yaml"
     overlay.write_text("models: [core, core_copy]\nfits:\n  - {dataset: katz2000_clamp, model: core}\n"

@@ -61,7 +61,9 @@ else:
     if len(set(FITS)) < len(FITS):
         _config_error("fits: a (dataset, model) pair is listed twice")
 # Each fit's own sampler settings (a `fits` entry's `sampler`) over the sampler section, checked with the section's
-# schema: unknown keys and bad values are refused here, before any job.
+# schema: unknown keys and bad values are refused here, before any job. (The CLI repeats the check in
+# myoglucose.config.check_sampler_override; the Snakefile does not import the package, which may live only in the
+# jobs' environment.)
 _SAMPLER_SCHEMA = yaml.safe_load(
     Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml").read_text(encoding="utf-8")
 )["properties"]["sampler"]
@@ -78,7 +80,8 @@ for _i, _f in enumerate(config["fits"] or []):
     if _over:
         FIT_SAMPLER_OVERRIDES[(_f["dataset"], _f["model"])] = dict(_over)
 config["fits"] = [
-    {"dataset": d, "model": m, **({"sampler": FIT_SAMPLER_OVERRIDES[(d, m)]} if (d, m) in FIT_SAMPLER_OVERRIDES else {})}
+    {"dataset": d, "model": m, **({"sampler": FIT_SAMPLER_OVERRIDES[(d, m)]} if (d, m) in FIT_SAMPLER_OVERRIDES
+                                  else {})}
     for d, m in FITS
 ]
 

@@ -167,9 +167,8 @@ def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Call
     """Over-dispersed starts (``init: dispersed``): chain ``c`` starts at the local optimum reached from its own
     over-dispersed prior draw (``start_points``) by ``settings.map_steps`` L-BFGS steps. Chains that reach separate
     modes start in them, so R-hat can see a multimodal posterior, which chains that all start at one shared MAP may
-    never leave. A start whose optimisation
-    ends at a non-finite density takes the best finite one instead (logged). Returns (constrained starts, potentials)
-    in chain order."""
+    never leave. A start whose optimisation ends at a non-finite density takes the best finite one instead (logged).
+    Returns (constrained starts, potentials) in chain order."""
     from numpyro.infer.util import constrain_fn
 
     pot = pot if pot is not None else potential(builder, arrays)
