@@ -88,45 +88,83 @@ class SamplerSettings:
         return "processes" if self.chains > 1 and (os.cpu_count() or 1) > 1 else "sequential"
 
 
+def latent_model(builder) -> Callable:
+    """The fit's latent sites alone: ``builder.model`` up to its first non-latent statement (the same sample sites
+    and plates in the same order, so a seeded run draws the same values), without the ODE and the likelihood.
+
+    Initialisation strategies and the (un)constraining transforms need only the latent sites. NumPyro finds them by
+    running the model eagerly, which for the whole model solves the ODE op by op and differentiates it: seconds per
+    call on 2 cores, and a fit's start-up made 10-20 such calls. On this model it is milliseconds. A builder without
+    ``sample_latents`` (a toy model in the tests) is its own latent model."""
+    if not hasattr(builder, "sample_latents"):
+        return builder.model
+
+    def model(a, y=None):
+        builder.sample_latents()
+
+    return model
+
+
+def _init_z(builder, arrays, key, strategy) -> dict:
+    """NumPyro's ``initialize_model(...).param_info.z`` (unconstrained start of every latent site) from the latent
+    model: the same values, as long as the whole model's log density is finite there (checked by the caller)."""
+    from numpyro.infer.util import initialize_model
+
+    return initialize_model(key, latent_model(builder), model_args=(arrays,), model_kwargs={"y": arrays.values},
+                            init_strategy=strategy).param_info.z
+
+
+def _init_z_full(builder, arrays, key, strategy) -> dict:
+    """``initialize_model`` on the whole model: it redraws (up to 100 times) until the log density and its gradient
+    are finite. The slow path, taken only when the latent model's start is not finite under the whole model."""
+    from numpyro.infer.util import initialize_model
+
+    return initialize_model(key, builder.model, model_args=(arrays,), model_kwargs={"y": arrays.values},
+                            init_strategy=strategy,
+                            forward_mode_differentiation=builder.solver.adjoint == "forward").param_info.z
+
+
 def potential(builder, arrays):
     """The NUTS potential (negative log density on the unconstrained latent space) as a jitted value-and-gradient of
     a flat vector, and the sorted-site ``unravel`` NumPyro uses for its mass matrix. Build it once per fit and pass it
-    to ``find_map`` and ``map_metric``, so that both use one compiled program."""
+    to ``find_map`` and ``map_metric``, so that both use one compiled program. (``numpyro.infer.util.potential_energy``
+    of the whole model: the function ``initialize_model`` returns, without running the model eagerly to get it.)"""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer import init_to_median
-    from numpyro.infer.util import initialize_model
+    from numpyro.infer.util import potential_energy
 
     fwd = builder.solver.adjoint == "forward"
-    info = initialize_model(jax.random.PRNGKey(0), builder.model, model_args=(arrays,),
-                            model_kwargs={"y": arrays.values}, init_strategy=init_to_median(num_samples=5),
-                            forward_mode_differentiation=fwd)
-    unravel = ravel_pytree(info.param_info.z)[1]
-    pot = info.potential_fn
+    unravel = ravel_pytree(_init_z(builder, arrays, jax.random.PRNGKey(0), init_to_median(num_samples=5)))[1]
 
     def f(x):
-        return pot(unravel(x))
+        return potential_energy(builder.model, (arrays,), {"y": arrays.values}, unravel(x))
 
     vg = jax.jit(lambda x: (f(x), jax.jacfwd(f)(x)) if fwd else jax.value_and_grad(f)(x))
     return vg, unravel
 
 
-def start_points(builder, arrays, settings: SamplerSettings, key, n: int, first_median: bool) -> list:
+def start_points(builder, arrays, settings: SamplerSettings, key, n: int, first_median: bool, pot=None) -> list:
     """``n`` flat unconstrained starting points: the prior median (start 0, when ``first_median``) and overdispersed
     prior draws ``median + map_spread * (draw - median)`` on NumPyro's unconstrained scale (Gelman & Rubin 1992:
     starts more spread than the target). ``map_spread`` 1 is plain prior draws. Over-dispersion matters when the best
     optimum lies in the prior's tail: full Sorensen 1978 has its global optimum (potential 324.48) at
     akt_ec50 4.4 prior sd below the median, which 8 x 200-step optimisations from plain prior draws never reached and
-    2 of 5 reach from spread 2 or 3 (docs/inference.md)."""
+    2 of 5 reach from spread 2 or 3 (docs/inference.md).
+
+    The median and the draws are NumPyro's ``initialize_model`` starts (``init_to_median(15)``, ``init_to_sample``),
+    taken from the latent model; one whose log density or gradient is not finite under the whole model (``pot``, the
+    fit's ``potential``) is drawn again by ``initialize_model`` on the whole model, as NumPyro itself would."""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer import init_to_median, init_to_sample
-    from numpyro.infer.util import initialize_model
 
-    fwd = builder.solver.adjoint == "forward"
+    vg = (pot if pot is not None else potential(builder, arrays))[0]
 
     def flat(k, strategy):
-        return ravel_pytree(initialize_model(k, builder.model, model_args=(arrays,), model_kwargs={"y": arrays.values},
-                                             init_strategy=strategy,
-                                             forward_mode_differentiation=fwd).param_info.z)[0]
+        x = ravel_pytree(_init_z(builder, arrays, k, strategy))[0]
+        v, g = vg(x)
+        if np.isfinite(float(v)) and bool(np.all(np.isfinite(np.asarray(g)))):
+            return x
+        return ravel_pytree(_init_z_full(builder, arrays, k, strategy))[0]
 
     keys = jax.random.split(key, n)
     centre = flat(keys[0], init_to_median(num_samples=15))
@@ -140,7 +178,7 @@ def _optimise_starts(builder, arrays, settings: SamplerSettings, key, n: int, po
     ``start_points``. Returns [(x, potential)] in start order."""
     vg, _ = pot
     out = []
-    for i, x0 in enumerate(start_points(builder, arrays, settings, key, n, first_median)):
+    for i, x0 in enumerate(start_points(builder, arrays, settings, key, n, first_median, pot)):
         x, val = _lbfgs(vg, x0, settings.map_steps)
         log(f"{label} {i + 1}/{n}: potential {val:.3f}")
         out.append((x, val))
@@ -159,7 +197,7 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
     if not finite:
         raise RuntimeError("MAP initialisation failed: every start gave a non-finite log density")
     best = min(finite, key=lambda r: r[1])[0]
-    return constrain_fn(builder.model, (arrays,), {"y": arrays.values}, pot[1](best))
+    return constrain_fn(latent_model(builder), (arrays,), {"y": arrays.values}, pot[1](best))
 
 
 def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
@@ -182,7 +220,7 @@ def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Call
         if not np.isfinite(v):
             log(f"chain {c}: its start did not reach a finite log density; it starts at the best start instead")
             x, v = best
-        z = constrain_fn(builder.model, (arrays,), {"y": arrays.values}, pot[1](x))
+        z = constrain_fn(latent_model(builder), (arrays,), {"y": arrays.values}, pot[1](x))
         starts.append({k: np.asarray(val) for k, val in z.items()})
         vals.append(float(v))
         xs.append(np.asarray(x))
@@ -272,7 +310,8 @@ def _stderr(msg: str) -> None:
 
 
 def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrides):
-    """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests)."""
+    """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests).
+    For a ``ModelBuilder`` it is ``_LatentInitNUTS`` (the same sampler, a start-up without eager model runs)."""
     from numpyro.infer import NUTS, init_to_median, init_to_value
 
     fwd = builder.solver.adjoint == "forward"
@@ -280,7 +319,80 @@ def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrid
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
               max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
     kw.update(overrides)
+    if hasattr(builder, "sample_latents"):
+        return _latent_init_nuts()(builder, **kw)
     return NUTS(builder.model, **kw)
+
+
+def _latent_init_nuts():
+    """``_LatentInitNUTS`` (defined on first use: NumPyro is imported lazily)."""
+    global _LATENT_INIT_NUTS
+    if _LATENT_INIT_NUTS is not None:
+        return _LATENT_INIT_NUTS
+    from functools import partial
+
+    from numpyro.infer import NUTS
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import ParamInfo, _transforms_from_trace, initialize_model, potential_energy
+
+    class _LatentInitNUTS(NUTS):
+        """NumPyro's NUTS on ``builder.model``, initialised without running that model eagerly.
+
+        ``NUTS.init`` calls ``initialize_model`` on the model, which runs it op by op three times (a prototype
+        trace, the init strategy's trace, the potential and its gradient), ODE solves included: 5 s per chain for
+        the core Katz clamp and 33 s for full Roy 2007 (implicit solver) on 2 cores, paid again by every chain.
+        Here the site transforms and the starting point come from ``latent_model`` (milliseconds) and the potential
+        and gradient at the start from one jitted program (a cache hit in the persistent compilation cache). The
+        sampler's potential is ``potential_energy`` of the whole model with the model's arguments, as NumPyro
+        builds it (``dynamic_args``), so the compiled step is NumPyro's. The start's potential and gradient are the
+        compiled program's values (eagerly evaluated ones differ from them by solver-tolerance rounding: 3e-9 in
+        the potential of the core Katz clamp), so chains differ from a stock ``NUTS`` run in the last digits and,
+        over many iterations, in their draws; they are the same Markov chain otherwise, and identical on rerun."""
+
+        def __init__(self, builder, **kw):
+            super().__init__(builder.model, **kw)
+            self._builder = builder
+
+        def _init_state(self, rng_key, model_args, model_kwargs, init_params):
+            b = self._builder
+            info = initialize_model(rng_key, latent_model(b), dynamic_args=True, init_strategy=self._init_strategy,
+                                    model_args=model_args, model_kwargs=model_kwargs)
+            fwd = self._forward_mode_differentiation
+
+            def pe_fn(args, kwargs, z):
+                return potential_energy(b.model, args, kwargs, z)
+
+            if init_params is None:
+                z = info.param_info.z
+
+                def value_and_grad(z, args, kwargs):
+                    f = partial(pe_fn, args, kwargs)
+                    return (f(z), jax.jacfwd(f)(z)) if fwd else jax.value_and_grad(f)(z)
+
+                vg = jax.jit(value_and_grad if jnp.ndim(rng_key) == 1 else jax.vmap(value_and_grad, (0, None, None)))
+                pe, grad = vg(z, model_args, model_kwargs)
+                finite = np.isfinite(np.asarray(pe)).all() and all(
+                    np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
+                if not finite:
+                    raise RuntimeError("Cannot find valid initial parameters: the log density or its gradient is not "
+                                       "finite at the chain's start")
+                init_params = ParamInfo(z, pe, grad)
+            if self._init_fn is None:
+                self._init_fn, self._sample_fn = hmc(
+                    potential_fn_gen=lambda *args, **kwargs: partial(pe_fn, args, kwargs),
+                    kinetic_fn=self._kinetic_fn, algo=self._algo)
+            self._potential_fn_gen = lambda *args, **kwargs: partial(pe_fn, args, kwargs)
+            self._postprocess_fn = info.postprocess_fn
+            transforms = _transforms_from_trace(info.model_trace, raise_warnings=False)
+            self._inv_transforms = transforms.inv_transforms
+            self._dynamic_support = transforms.dynamic_support
+            return init_params
+
+    _LATENT_INIT_NUTS = _LatentInitNUTS
+    return _LATENT_INIT_NUTS
+
+
+_LATENT_INIT_NUTS = None
 
 
 def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chain_ids: list[int],
@@ -334,7 +446,8 @@ def unconstrained(builder, arrays, start: dict) -> dict:
     """A constrained start (latent site -> value) on NumPyro's unconstrained latent space."""
     from numpyro.infer.util import unconstrain_fn
 
-    return unconstrain_fn(builder.model, (arrays,), {"y": arrays.values}, {k: jnp.asarray(v) for k, v in start.items()})
+    return unconstrain_fn(latent_model(builder), (arrays,), {"y": arrays.values},
+                         {k: jnp.asarray(v) for k, v in start.items()})
 
 
 def flat_unconstrained(builder, arrays, start: dict):
