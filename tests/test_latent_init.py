@@ -106,3 +106,22 @@ def test_a_start_where_the_model_fails_is_refused(problem):
     kernel = make_kernel(builder, SamplerSettings(), {k: np.asarray(v) for k, v in start.items()})
     with pytest.raises(RuntimeError, match="Cannot find valid initial parameters"):
         kernel.init(jax.random.PRNGKey(0), 10, None, model_args=(arrays,), model_kwargs={"y": arrays.values})
+
+
+def test_vectorised_chains_start_from_the_same_point(problem):
+    """Chains vectorised in one program (the GPU path) go through the same initialisation with a batched key: every
+    chain starts at the given point, and sampling runs."""
+    from numpyro.infer.util import constrain_fn
+
+    from myoglucose.inference.sample import SamplerSettings, latent_model, run_nuts
+
+    builder, arrays = problem
+    lat = {k: jnp.zeros(v.shape[1:]) + (0.5 if k.startswith("sigma_") or k.endswith("__omega") else 0.0)
+           for k, v in builder.prior_latents(jax.random.PRNGKey(0), 1).items()}
+    start = {k: np.asarray(v) for k, v in
+             constrain_fn(latent_model(builder), (arrays,), {"y": arrays.values}, lat).items()}
+    settings = SamplerSettings(chains=2, warmup=3, samples=2, max_tree_depth=3, progress=False, checkpoint_every=0)
+    out = run_nuts(builder, arrays, settings, start, [0, 1], vectorized=True)
+    for k, v in out["samples"].items():
+        assert v.shape[:2] == (2, 2) and np.all(np.isfinite(v)), k
+    assert np.all(np.isfinite(out["stats"]["potential_energy"]))
