@@ -377,11 +377,13 @@ def _latent_init_nuts():
                     raise RuntimeError("Cannot find valid initial parameters: the log density or its gradient is not "
                                        "finite at the chain's start")
                 init_params = ParamInfo(z, pe, grad)
+            def potential_fn_gen(*args, **kwargs):
+                return partial(pe_fn, args, kwargs)
+
             if self._init_fn is None:
-                self._init_fn, self._sample_fn = hmc(
-                    potential_fn_gen=lambda *args, **kwargs: partial(pe_fn, args, kwargs),
-                    kinetic_fn=self._kinetic_fn, algo=self._algo)
-            self._potential_fn_gen = lambda *args, **kwargs: partial(pe_fn, args, kwargs)
+                self._init_fn, self._sample_fn = hmc(potential_fn_gen=potential_fn_gen, kinetic_fn=self._kinetic_fn,
+                                                     algo=self._algo)
+            self._potential_fn_gen = potential_fn_gen
             self._postprocess_fn = info.postprocess_fn
             transforms = _transforms_from_trace(info.model_trace, raise_warnings=False)
             self._inv_transforms = transforms.inv_transforms
