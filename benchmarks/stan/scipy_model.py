@@ -65,8 +65,9 @@ class ScipyModel:
             eta = d["pop_scale"][p] * z_pop[p]
             pop[p] = math.exp(math.log(d["pop_loc"][p]) + eta) if d["pop_log"][p] else d["pop_loc"][p] + eta
         grp = np.empty((d["PG"], d["G"]))
-        for p in range(d["PG"]):
-            eta = d["grp_scale"][p] * z_mu[p] + omega[p] * z_grp[p]
+        for p in range(d["PG"]):  # centred (z_grp are the group values) or non-centred, as the Stan program
+            eta = (d["grp_scale"][p] * z_grp[p] if d["grp_centered"][p]
+                   else d["grp_scale"][p] * z_mu[p] + omega[p] * z_grp[p])
             grp[p] = np.exp(math.log(d["grp_loc"][p]) + eta) if d["grp_log"][p] else d["grp_loc"][p] + eta
         qs = []
         for c in range(d["C"]):
@@ -198,8 +199,10 @@ class ScipyModel:
         z_pop, z_mu, log_omega, z_grp, log_sigma = self.unpack(u)
         omega, sigma = np.exp(log_omega), np.exp(log_sigma)
         lp = float(np.sum(_normal_lpdf(z_pop, 0, 1)) + np.sum(_normal_lpdf(z_mu, 0, 1)))
-        lp += float(np.sum(_normal_lpdf(omega, 0, 0.5 * np.asarray(d["grp_scale"]))) + d["PG"] * LOG2)
-        lp += float(np.sum(_normal_lpdf(z_grp, 0, 1)))
+        lp += float(np.sum(_normal_lpdf(omega, 0, d["grp_spread"] * np.asarray(d["grp_scale"]))) + d["PG"] * LOG2)
+        for p in range(d["PG"]):
+            lp += float(np.sum(_normal_lpdf(z_grp[p], z_mu[p], omega[p] / d["grp_scale"][p]) if d["grp_centered"][p]
+                               else _normal_lpdf(z_grp[p], 0, 1)))
         lp += float(np.sum(_normal_lpdf(sigma, 0, np.asarray(d["sigma_prior"]))) + d["S"] * LOG2)
         lp += float(np.sum(log_omega) + np.sum(log_sigma))  # Jacobian of the exp transforms
         try:
