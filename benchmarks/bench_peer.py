@@ -91,7 +91,7 @@ def phase_jax(cfg: dict, work: Path) -> None:
 
     a = cfg["args"]
     cold = not a["warm_jax"]
-    cache_probe = tempfile.mkdtemp(prefix="peer_jax_probe_") if cold else a["cache_dir"]
+    cache_probe = tempfile.mkdtemp(prefix="peer_jax_probe_")  # always empty: the probe measures the cold compile
     cache_main = tempfile.mkdtemp(prefix="peer_jax_main_") if cold else a["cache_dir"]
     jax_side.configure(cache_main)
     import jax
@@ -172,9 +172,9 @@ def phase_jax(cfg: dict, work: Path) -> None:
     natural = {k: np.asarray(v).reshape((C, D) + np.asarray(v).shape[1:]) for k, v in {**pop, **grp}.items()}
     np.savez(work / "jax_draws.npz", **{k: np.asarray(v) for k, v in samples.items()}, **natural,
              **{f"stat__{k}": np.asarray(v) for k, v in stats.items() if not k.startswith("_")})
-    for c in (cache_probe, cache_main):
-        if cold:
-            shutil.rmtree(c, ignore_errors=True)
+    shutil.rmtree(cache_probe, ignore_errors=True)
+    if cold:
+        shutil.rmtree(cache_main, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------ phase: Stan
@@ -202,17 +202,34 @@ def phase_stan(cfg: dict, work: Path) -> None:
             continue
         d = dict(jx["stan_data"], ode_solver={"bdf": 0, "rk45": 1}[solver])
         res = {"solver": solver, "load": {"start": load()}}
-        post, info = stan_side.build(d, seed=s["seed"], cold=first and not a["warm_stan"])
+        cold = first and not a["warm_stan"]
+        if s["dense_mass"]:  # PyStan has no dense metric: the same program through stan::services, CmdStan's way
+            import cmdstan_lite
+            from export import STAN_FILE
+
+            exe, info = cmdstan_lite.build(STAN_FILE, cold=cold)
+            res["build"] = info
+            post, res["pystan_build_for_gradient_timing"] = stan_side.build(d, seed=s["seed"], cold=cold)
+        else:
+            post, info = stan_side.build(d, seed=s["seed"], cold=cold)
+            res["build"] = info
         first = False
-        res["build"] = info
         res["load"]["after_build"] = load()
-        log(f"Stan {solver}: sampling")
-        fit, sinfo = stan_side.sample(post, s["chains"], s["warmup"], s["samples"], s["target_accept"],
-                                      s["max_tree_depth"], inits=[jx["init_stan"]] * s["chains"])
+        log(f"Stan {solver}: sampling ({'dense' if s['dense_mass'] else 'diagonal'} metric)")
+        if s["dense_mass"]:
+            cols, sinfo = cmdstan_lite.sample(exe, d, [jx["init_stan"]] * s["chains"], work / f"stan_{solver}_chains",
+                                              metric="dense", warmup=s["warmup"], samples=s["samples"],
+                                              delta=s["target_accept"], max_depth=s["max_tree_depth"],
+                                              seed=s["seed"], log=log)
+            st = cmdstan_lite.sampler_stats(cols, s["warmup"])
+            draws = cmdstan_lite.columns_to_numpyro(cols, meta, skip=s["warmup"])
+        else:
+            fit, sinfo = stan_side.sample(post, s["chains"], s["warmup"], s["samples"], s["target_accept"],
+                                          s["max_tree_depth"], inits=[jx["init_stan"]] * s["chains"])
+            st = stan_side.draws_stats(fit, s["warmup"])
+            draws = stan_draws_to_numpyro(fit, meta, skip=s["warmup"])
         res["sample"] = sinfo
         res["load"]["after_sample"] = load()
-        st = stan_side.draws_stats(fit, s["warmup"])
-        draws = stan_draws_to_numpyro(fit, meta, skip=s["warmup"])
         u = jx["u_mean_stan_order"]
         res["gradient"] = stan_side.time_gradient(post, u, repeats=a["grad_repeats"])
         res["grad_at_mean"] = stan_side.grad_log_prob(post, u).tolist()
@@ -298,8 +315,12 @@ def analyse(cfg: dict, work: Path, jx: dict, stans: dict[str, dict], scipy_res: 
 
     f, pr = jx["fit"], jx["probe"]
     j_compile = pr["sampling_wall_s"]
-    timer = sampler_timer(work / "jax_stderr.log", s["warmup"] + s["samples"])
-    if timer is not None:  # the sampler's own timer: (first logged iteration, its time) .. (last, its time)
+    one_chain_per_worker = s["chains"] <= (os.cpu_count() or 1)
+    timer = sampler_timer(work / "jax_stderr.log", s["warmup"] + s["samples"]) if one_chain_per_worker else None
+    if cfg["args"]["warm_jax"]:  # like Stan's: the whole parallel sampling phase, wall clock
+        j_sampling = f["sampling_wall_s"]
+        j_method = "sampling phase wall clock, warm compilation cache (worker start-up and trace included)"
+    elif timer is not None:  # the sampler's own timer: (first logged iteration, its time) .. (last, its time)
         (i0, t0), (i1, t1) = timer
         j_sampling = (t1 - t0) * (s["warmup"] + s["samples"]) / (i1 - i0)  # all iterations, first-step compile out
         j_method = f"sampler timer: iterations {i0}..{i1} took {t1 - t0:.1f} s, scaled to all iterations"
@@ -307,7 +328,7 @@ def analyse(cfg: dict, work: Path, jx: dict, stans: dict[str, dict], scipy_res: 
         j_sampling = f["sampling_wall_s"] - j_compile
         j_method = "fit wall time minus the probe's"
     j_reliable = j_sampling > 0.2 * f["sampling_wall_s"]
-    if not j_reliable:  # the probe took nearly as long as the fit: the difference says little; use the total
+    if not j_reliable and not cfg["args"]["warm_jax"]:  # the probe took nearly as long as the fit: the difference says little; use the total
         j_sampling = f["sampling_wall_s"]
         j_method = "fit wall time (compile included)"
     j_lf = int(jd["stat__num_steps"].sum())
@@ -317,8 +338,11 @@ def analyse(cfg: dict, work: Path, jx: dict, stans: dict[str, dict], scipy_res: 
         "min_ess_bulk": jess, "slowest": jk,
         "startup_compile_s": j_compile, "sampling_s": j_sampling, "total_s": f["sampling_wall_s"],
         "sampling_s_is_total_minus_probe": j_reliable, "sampling_s_method": j_method, "map_init_s": f["map_s"],
-        "ess_per_s": jess / j_sampling, "ess_per_s_with_compile": jess / f["sampling_wall_s"],
-        "ess_per_s_with_compile_and_map": jess / (f["sampling_wall_s"] + (f["map_s"] or 0.0)),
+        "ess_per_s": jess / j_sampling,
+        # with a warm cache the fit compiled nothing: its cold compile is the probe's (empty cache)
+        "ess_per_s_with_compile": jess / (f["sampling_wall_s"] + (j_compile if cfg["args"]["warm_jax"] else 0.0)),
+        "ess_per_s_with_compile_and_map": jess / (f["sampling_wall_s"] + (f["map_s"] or 0.0)
+                                                  + (j_compile if cfg["args"]["warm_jax"] else 0.0)),
         "leapfrog_sampling": j_lf, "gradients_per_ess": j_lf / jess,
         "divergences": int(jd["stat__diverging"].sum()),
         "max_treedepth_hits": int((np.floor(np.log2(np.maximum(jd["stat__num_steps"], 1))) + 1
@@ -361,7 +385,7 @@ def analyse(cfg: dict, work: Path, jx: dict, stans: dict[str, dict], scipy_res: 
             "gradient_at_init_stan_message_s": (sm["stan_init_gradient_s"] or [None])[0],
             "chain_warmup_s": sm["chain_warmup_s"], "chain_sampling_s": sm["chain_sampling_s"],
             "gradient_other_solvers": sx.get("gradient_other_solvers", {}),
-            "diagnostics": ds,
+            "diagnostics": ds, "runner": sm.get("runner", "PyStan 3 (httpstan)"),
             "agreement": {"max_abs_z": zmax, "within_3_mcse": bool(zmax < 3.0), "rows": rows},
         }
         st["ratio_myoglucose_over_stan"] = {
@@ -417,10 +441,12 @@ def markdown(res: dict) -> str:
     rat = "ratio_myoglucose_over_stan"
     L = [f"# Peer comparison: myoglucose vs Stan ({res['model']} / {res['dataset']})", "",
          f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, load average (1/5/15 min) at start "
-         f"{res['machine']['load_start']}, at end {res['machine']['load_end']} (other jobs shared the two cores, so "
-         f"every wall time is inflated by an unknown factor; ratios within this run are the meaningful numbers).",
+         f"{res['machine']['load_start']}, at end {res['machine']['load_end']} (a load at start above zero means other jobs "
+         f"shared the cores and inflated every wall time; ratios within this run are the meaningful numbers).",
          f"Settings: {st['chains']} chains x ({st['warmup']} warm-up + {st['samples']} draws), target acceptance "
-         f"{st['target_accept']}, max tree depth {st['max_tree_depth']}, diagonal metric, init {st['init']} (every "
+         f"{st['target_accept']}, max tree depth {st['max_tree_depth']}, "
+         f"{'dense' if st.get('dense_mass') else 'diagonal'} metric in both (Stan: {stans[sv[0]].get('runner')}), "
+         f"chains in processes on every core in both, init {st['init']} (every "
          f"chain of every stack starts at the same point), rtol {res['solver']['rtol']}, atol {res['solver']['atol']}, "
          f"max steps {res['solver']['max_steps']}. myoglucose solver: {m.get('solver') or res['solver']['name']} "
          f"({res['solver']['adjoint']} gradients); Stan: CVODES BDF (`ode_bdf_tol`) and/or Dormand-Prince "
@@ -507,8 +533,12 @@ def main(argv=None) -> int:
     ap.add_argument("--split-at-knots", action="store_true", help="Stan restarts CVODES at every insulin knot")
     ap.add_argument("--stan-solvers", default="bdf,rk45",
                     help="Stan ODE solvers to run, comma separated: bdf (ode_bdf_tol) and/or rk45 (ode_rk45_tol)")
-    ap.add_argument("--warm-jax", action="store_true", help="use the JAX compilation cache (compile not measured)")
+    ap.add_argument("--warm-jax", action="store_true",
+                    help="the fit uses the JAX compilation cache (its compile is then the probe's, whose cache is empty)")
     ap.add_argument("--warm-stan", action="store_true", help="keep httpstan's cached build (compile not measured)")
+    ap.add_argument("--metric", choices=("dense", "diag"), default="dense",
+                    help="mass matrix of both samplers (default dense, the fits' default; Stan then runs through "
+                         "benchmarks/stan/nuts_driver.cpp, as CmdStan would; diag runs Stan through PyStan 3)")
     ap.add_argument("--grad-repeats", type=int, default=10)
     ap.add_argument("--no-scipy", action="store_true")
     ap.add_argument("--keep-work", action="store_true", help="keep the per-step files next to --out")
@@ -536,7 +566,9 @@ def main(argv=None) -> int:
         "max_tree_depth": args.max_tree_depth or smp.get("max_tree_depth", 10),
         "init": args.init or smp.get("init", "map"), "map_starts": smp.get("map_starts", 4),
         "map_steps": smp.get("map_steps", 200),
-        "dense_mass": False,  # PyStan 3 / httpstan only has hmc_nuts_diag_e_adapt: the same metric in both stacks
+        # the same metric in both stacks: dense (the fits' default) runs Stan through benchmarks/stan/nuts_driver.cpp
+        # (PyStan 3 / httpstan only has hmc_nuts_diag_e_adapt), diagonal through PyStan
+        "dense_mass": args.metric == "dense",
         "chain_method": smp.get("chain_method", "auto"),
         "seed": args.seed if args.seed is not None else smp.get("seed", 1),
         "progress": True,  # the sampler logs "iteration i/n ..., t s" (t from the first step): sampling time
