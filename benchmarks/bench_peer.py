@@ -1,7 +1,10 @@
 """Peer comparison: myoglucose (diffrax + NumPyro) against Stan (PyStan 3, CVODES) on the same model, data and priors,
 plus a plain scipy baseline (not a test).
 
-    python benchmarks/bench_peer.py --chains 2 --warmup 300 --samples 300 --out benchmarks/out/peer.json
+    python benchmarks/bench_peer.py --warm-jax --stan-solvers bdf --out benchmarks/out/peer.json
+
+(chains, warm-up, draws, target acceptance, tree depth, metric and init default to the config's, i.e. the default
+fit's settings; the Stan side takes about 30 min of the 2 cores with them, myoglucose under 4 min)
 
 The model is the `core` variant fitted to the Katz 2000 clamp data (``--model``, ``--tidy-dir``); the Stan program
 ``benchmarks/stan/core_clamp.stan`` is a hand translation checked by ``benchmarks/stan/validate.py``. Steps, one
@@ -9,14 +12,16 @@ process each (Stan never shares a process with JAX: httpstan forks its chain wor
 
 1. myoglucose: the package's own ``inference.fit.run_fit`` (MAP or median initialisation as configured, chains in
    processes, progress logs on), preceded by a 1 + 1 iteration run of the same fit with an empty compilation cache,
-   whose wall time is the start-up + trace + compile cost. The sampling time is the sampler's own timer (from the
-   first logged iteration to the last, scaled to all iterations); without those logs, the fit's wall time minus the
-   probe's. Then the warm cost of one log-density gradient at the posterior mean.
-2. Stan: compile (httpstan's cached build of this program removed first, unless ``--warm-stan``), NUTS with the same
-   chains, warm-up, draws, target acceptance, maximum tree depth, solver tolerances and ``max_num_steps`` as
-   configured, every chain started at myoglucose's initial point; warm-up draws are kept to count their leapfrog
-   steps. ``--stan-solvers`` picks ``ode_bdf_tol`` (CVODES BDF) and/or ``ode_rk45_tol``. Then one gradient at the
-   same posterior mean, with each Stan solver.
+   whose wall time is the start-up + trace + compile cost. The sampling time: with ``--warm-jax`` the wall clock of
+   the whole parallel sampling phase (as Stan's); otherwise the sampler's own timer (first logged iteration to the
+   last, scaled to all iterations, when every chain has its own core), or the fit's wall time minus the probe's.
+   Then the warm cost of one log-density gradient at the posterior mean.
+2. Stan: compile (the cached builds of this program removed first, unless ``--warm-stan``), NUTS with the same
+   chains, warm-up, draws, target acceptance, maximum tree depth, metric (dense: ``stan/nuts_driver.cpp`` through
+   ``stan::services`` as CmdStan; diagonal: PyStan 3), solver tolerances and ``max_num_steps`` as configured,
+   every chain started at myoglucose's initial point; warm-up draws are kept to count their leapfrog steps.
+   ``--stan-solvers`` picks ``ode_bdf_tol`` (CVODES BDF) and/or ``ode_rk45_tol``. Then one gradient at the same
+   posterior mean, with each Stan solver.
 3. scipy: one log density (solve_ivp BDF and LSODA) and finite-difference gradients at the same point.
 4. Comparison (ArviZ 1.3): bulk and tail ESS, R-hat and MCSE of every sampled (unconstrained) coordinate and every
    natural-scale parameter, posterior means of the two stacks compared within their Monte Carlo errors, ESS per
@@ -33,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -328,7 +334,7 @@ def analyse(cfg: dict, work: Path, jx: dict, stans: dict[str, dict], scipy_res: 
         j_sampling = f["sampling_wall_s"] - j_compile
         j_method = "fit wall time minus the probe's"
     j_reliable = j_sampling > 0.2 * f["sampling_wall_s"]
-    if not j_reliable and not cfg["args"]["warm_jax"]:  # the probe took nearly as long as the fit: the difference says little; use the total
+    if not j_reliable and not cfg["args"]["warm_jax"]:  # the probe took nearly as long as the fit: use the total
         j_sampling = f["sampling_wall_s"]
         j_method = "fit wall time (compile included)"
     j_lf = int(jd["stat__num_steps"].sum())
@@ -441,8 +447,9 @@ def markdown(res: dict) -> str:
     rat = "ratio_myoglucose_over_stan"
     L = [f"# Peer comparison: myoglucose vs Stan ({res['model']} / {res['dataset']})", "",
          f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, load average (1/5/15 min) at start "
-         f"{res['machine']['load_start']}, at end {res['machine']['load_end']} (a load at start above zero means other jobs "
-         f"shared the cores and inflated every wall time; ratios within this run are the meaningful numbers).",
+         f"{res['machine']['load_start']}, at end {res['machine']['load_end']} (a load at start above zero means "
+         f"other jobs shared the cores and inflated every wall time; ratios within this run are the meaningful "
+         f"numbers).",
          f"Settings: {st['chains']} chains x ({st['warmup']} warm-up + {st['samples']} draws), target acceptance "
          f"{st['target_accept']}, max tree depth {st['max_tree_depth']}, "
          f"{'dense' if st.get('dense_mass') else 'diagonal'} metric in both (Stan: {stans[sv[0]].get('runner')}), "
@@ -516,6 +523,10 @@ def markdown(res: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ main
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # so that ``finally`` blocks stop the child processes
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="config/config.yaml", help="solver and sampler defaults")
@@ -523,18 +534,19 @@ def main(argv=None) -> int:
                     "prepared into a temporary folder when missing)")
     ap.add_argument("--dataset", default="katz2000_clamp")
     ap.add_argument("--model", default="models/core")
-    ap.add_argument("--chains", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--chains", type=int, default=None, help="default: the config's (the default fit's settings)")
+    ap.add_argument("--warmup", type=int, default=None, help="default: the config's")
+    ap.add_argument("--samples", type=int, default=None, help="default: the config's")
     ap.add_argument("--target-accept", type=float, default=None, help="default: the config's (0.85)")
     ap.add_argument("--max-tree-depth", type=int, default=None, help="default: the config's")
     ap.add_argument("--init", choices=("map", "median"), default=None, help="default: the config's")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--split-at-knots", action="store_true", help="Stan restarts CVODES at every insulin knot")
-    ap.add_argument("--stan-solvers", default="bdf,rk45",
-                    help="Stan ODE solvers to run, comma separated: bdf (ode_bdf_tol) and/or rk45 (ode_rk45_tol)")
+    ap.add_argument("--stan-solvers", default="bdf",
+                    help="Stan ODE solvers to sample with, comma separated: bdf (ode_bdf_tol, default) and/or rk45 "
+                         "(ode_rk45_tol); one gradient with the other is timed either way")
     ap.add_argument("--warm-jax", action="store_true",
-                    help="the fit uses the JAX compilation cache (its compile is then the probe's, whose cache is empty)")
+                    help="the fit uses the JAX compilation cache (compile: the probe's, from an empty cache)")
     ap.add_argument("--warm-stan", action="store_true", help="keep httpstan's cached build (compile not measured)")
     ap.add_argument("--metric", choices=("dense", "diag"), default="dense",
                     help="mass matrix of both samplers (default dense, the fits' default; Stan then runs through "
@@ -548,6 +560,7 @@ def main(argv=None) -> int:
     ap.add_argument("--phase", choices=("jax", "stan"), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
     if args.phase:
         cfg = json.loads((Path(args.work) / "cfg.json").read_text())
@@ -561,7 +574,8 @@ def main(argv=None) -> int:
     solver = dict(conf["solver"])
     smp = dict(conf.get("sampler", {}))
     sampler = {
-        "chains": args.chains, "warmup": args.warmup, "samples": args.samples,
+        "chains": args.chains or smp.get("chains", 4), "warmup": args.warmup or smp.get("warmup", 500),
+        "samples": args.samples or smp.get("samples", 500),
         "target_accept": args.target_accept or smp.get("target_accept", 0.85),
         "max_tree_depth": args.max_tree_depth or smp.get("max_tree_depth", 10),
         "init": args.init or smp.get("init", "map"), "map_starts": smp.get("map_starts", 4),
@@ -608,9 +622,13 @@ def main(argv=None) -> int:
         with open(work / f"{phase}_stderr.log", "w") as errlog:
             proc = subprocess.Popen([sys.executable, __file__, "--phase", phase, "--work", str(work)],
                                     stderr=subprocess.PIPE, text=True)
-            for line in proc.stderr:
-                sys.stderr.write(line)
-                errlog.write(line)
+            try:
+                for line in proc.stderr:
+                    sys.stderr.write(line)
+                    errlog.write(line)
+            finally:  # stopped (Ctrl-C, SIGTERM): stop the step, which stops its Stan chain processes
+                if proc.poll() is None:
+                    proc.terminate()
             if proc.wait() != 0:
                 raise SystemExit(f"step {phase} failed (exit {proc.returncode})")
         log(f"step {phase} done in {time.perf_counter() - t0:.0f} s")

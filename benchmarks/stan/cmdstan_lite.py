@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -94,6 +95,25 @@ def sample(exe: Path, data: dict, inits: list[dict], work: Path, *, metric: str,
     pending = list(range(len(inits)))
     running: dict[int, subprocess.Popen] = {}
     t0 = time.perf_counter()
+    old_term = signal.signal(signal.SIGTERM, _raise_exit)  # a killed benchmark takes its chain processes with it
+    try:
+        _run(exe, inits, work, pending, running, parallel, metric, warmup, samples, delta, max_depth, seed, refresh,
+             t0, log)
+    finally:
+        for p in running.values():
+            p.kill()
+            p.wait()
+        signal.signal(signal.SIGTERM, old_term)
+    wall = time.perf_counter() - t0
+    return _collect(work, len(inits), warmup, samples, wall, metric, parallel)
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _run(exe, inits, work, pending, running, parallel, metric, warmup, samples, delta, max_depth, seed, refresh, t0,
+         log) -> None:
     while pending or running:
         while pending and len(running) < parallel:
             c = pending.pop(0)
@@ -112,9 +132,11 @@ def sample(exe: Path, data: dict, inits: list[dict], work: Path, *, metric: str,
                                        f"{(work / f'chain_{c}.log').read_text()[-2000:]}")
                 log(f"Stan ({metric} metric): chain {c + 1} done at {time.perf_counter() - t0:.0f} s")
         time.sleep(0.5)
-    wall = time.perf_counter() - t0
+
+
+def _collect(work, chains, warmup, samples, wall, metric, parallel):
     cols, warm, samp, grad = {}, [], [], []
-    for c in range(len(inits)):
+    for c in range(chains):
         d, comments = read_csv(work / f"chain_{c}.csv")
         n = warmup + samples
         if any(len(v) != n for v in d.values()):
