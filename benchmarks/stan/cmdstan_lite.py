@@ -53,11 +53,10 @@ def build(stan_file: Path, cold: bool = False) -> tuple[Path, dict]:
     if not exe.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         hpp = out_dir / "model.hpp"
-        st = subprocess.run([str(hs / "stanc"), "--name", "peer_model", "--print-cpp", str(stan_file)],
-                            capture_output=True, text=True)
+        st = subprocess.run([str(hs / "stanc"), "--name", "peer_model", f"--o={hpp}", str(stan_file)],
+                            capture_output=True, text=True)  # --o: never next to the .stan file
         if st.returncode != 0:
             raise RuntimeError(f"stanc failed on {stan_file}:\n{st.stderr}")
-        hpp.write_text(st.stdout)
         main = out_dir / "main.cpp"
         main.write_text(f'#include "{hpp}"\n#include "{DRIVER}"\n')
         tmp = out_dir / "nuts.tmp"
