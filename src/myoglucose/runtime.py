@@ -101,7 +101,9 @@ def configure(device: str = "auto", cache_dir: str | Path | None = None, host_de
     try:
         cache.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        # every program, however quick to compile: a fit makes many sub-second ones (4.4 s of XLA compile per warm
+        # start of the core Katz clamp at a 0.5 s threshold, 1.1 s at 0; benchmarks/bench_startup.py, session 12)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     except OSError:
         cache = None
