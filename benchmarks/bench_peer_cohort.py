@@ -37,10 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "stan"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import cpu_model  # noqa: E402
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+from bench_peer import load, versions  # noqa: E402  (load average, package versions)
 
 
 def cohort_problem(n: int, solver: dict):
@@ -180,8 +177,6 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, __file__, "--phase", "stan", "--work", str(work), "--repeats", str(args.repeats)],
                    check=True)
     st = json.loads((work / "stan.json").read_text())
-    from bench_peer import versions
-
     res = {"solver": solver, "repeats": args.repeats,
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                        "load_start": load_start, "load_end": load()},

@@ -15,21 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-
-def scalars(get, names, groups):
-    out = {}
-    for n in names:
-        x = np.asarray(get(n), float)
-        if x.ndim == 3:
-            for i, g in enumerate(groups):
-                out[f"{n}[{g}]"] = x[..., i]
-        else:
-            out[n] = x
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_peer import scalars  # noqa: E402  ({name[group]: [chain, draw]}, shared with the peer benchmark)
 
 
 def mean_mcse(s: dict) -> dict:
@@ -53,12 +45,11 @@ def main(argv=None) -> int:
     meta = json.loads((w / "jax.json").read_text())["meta"]
     names, groups = meta["pop"] + meta["grp"] + meta["noise"], meta["groups"]
     jd, sd = dict(np.load(w / "jax_draws.npz")), dict(np.load(w / "stan_draws.npz"))
-    runs = {"myoglucose (peer run)": scalars(lambda n: jd[n], names, groups),
-            "Stan (peer run)": scalars(lambda n: sd[n], names, groups)}
+    runs = {"myoglucose (peer run)": scalars(jd, names, groups), "Stan (peer run)": scalars(sd, names, groups)}
     for spec in args.posterior:
         name, path = spec.split("=", 1)
         post = xr.open_datatree(path)["posterior"]
-        runs[f"myoglucose ({name})"] = scalars(lambda n: post[n].values, names, groups)
+        runs[f"myoglucose ({name})"] = scalars({n: post[n].values for n in names}, names, groups)
     stats = {r: mean_mcse(s) for r, s in runs.items()}
     keys = list(runs)
     res = []
