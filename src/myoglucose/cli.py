@@ -260,7 +260,7 @@ def fit(
         job = FitJob(tidy_dir=str(tidy_dir), model_dir=str(model), repo_root=str(repo_root()),
                      solver=dict(cfg.get("solver") or {}), sampler=dataclasses_asdict(settings),
                      device=cfg.get("device", "auto"), cache_dir=info.get("cache_dir") or None,
-                     checkpoint_dir=str(ckpt), resume=resume)
+                     checkpoint_dir=str(ckpt), resume=resume, convergence=dict(cfg.get("diagnostics") or {}))
         t0 = time.perf_counter()
         samples, stats, problem = run_fit(job, log=log)
         data_files = [tidy_dir / n for n in ("measurements.tsv", "conditions.tsv", "provenance.tsv")]

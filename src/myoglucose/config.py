@@ -34,6 +34,7 @@ def validate_config(cfg: dict, source: str = "config") -> None:
     s = cfg.get("sampler") or {}
     if "warmup" in s and "samples" in s and int(s["warmup"]) < 1:
         raise ConfigError(f"{source}: sampler.warmup: must be >= 1")
+    _check_lengths(s, f"{source}: sampler")
     fits = cfg.get("fits") or []
     seen = set()
     for i, entry in enumerate(fits):
@@ -42,6 +43,17 @@ def validate_config(cfg: dict, source: str = "config") -> None:
             raise ConfigError(f"{source}: fits.{i}: ({key[0]}, {key[1]}) is listed twice")
         seen.add(key)
         check_sampler_override(entry.get("sampler"), f"{source}: fits.{i}.sampler")
+        _check_lengths({**s, **(entry.get("sampler") or {})}, f"{source}: fits.{i}.sampler (over `sampler`)")
+
+
+def _check_lengths(sampler: dict, where: str) -> None:
+    """``max_samples`` (when set) is at least ``samples`` (schema default 500 when not set)."""
+    from .cli import ConfigError
+
+    top = sampler.get("max_samples")
+    first = sampler.get("samples", config_schema()["properties"]["sampler"]["properties"]["samples"]["default"])
+    if top is not None and int(top) < int(first):
+        raise ConfigError(f"{where}: max_samples ({top}) must be >= samples ({first}), or null for a fixed length")
 
 
 def check_sampler_override(override: dict | None, where: str) -> None:

@@ -36,6 +36,7 @@ class FitJob:
     checkpoint_dir: str | None = None  # <out>.ckpt: sampler checkpoints (None: no checkpoints)
     resume: bool = False  # continue from matching checkpoints in checkpoint_dir (else start afresh)
     conditions: tuple[str, ...] | None = None  # keep only these condition ids of the tidy tables (None: all)
+    convergence: dict | None = None  # thresholds that end a fit with sampler.max_samples (config `diagnostics`)
 
 
 def load_problem(job: FitJob):
@@ -63,14 +64,14 @@ def load_problem(job: FitJob):
 
 def fit_fingerprint(job: FitJob, spec, data, builder, backend: str, vectorized: bool) -> str:
     """Hash of everything that determines the chains: a checkpoint is resumed only when this is unchanged.
-    Excluded: ``chains`` (chain c does not depend on how many there are), ``samples`` (a chain can be extended or
-    cut), ``progress``, ``checkpoint_every`` and ``predictive_draws``. The solver is the one the model uses (after
+    Excluded: ``chains`` (chain c does not depend on how many there are), ``samples`` and ``max_samples`` (a chain can
+    be extended or cut), ``progress``, ``checkpoint_every`` and ``predictive_draws``. The solver is the one the model uses (after
     ``name: auto`` was resolved)."""
     from ..provenance import package_versions, sha256_file
     from .checkpoint import code_sha256, fingerprint
 
     sampler = dict(dataclasses.asdict(SamplerSettings.from_dict(job.sampler)))
-    for k in ("chains", "samples", "progress", "checkpoint_every", "predictive_draws", "chain_method"):
+    for k in ("chains", "samples", "max_samples", "progress", "checkpoint_every", "predictive_draws", "chain_method"):
         sampler.pop(k)
     root = Path(job.repo_root)
     files = [Path(job.tidy_dir) / n for n in ("measurements.tsv", "conditions.tsv")] + list(spec.sha_inputs())
@@ -138,11 +139,12 @@ def _metric_kw(metric) -> dict:
 
 
 def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict, object]:
-    """Run MAP initialisation and NUTS. Returns (samples, stats, builder); arrays are [chain, draw, ...]."""
-    import jax
+    """Run MAP initialisation and NUTS. Returns (samples, stats, builder); arrays are [chain, draw, ...].
 
+    With ``sampler.max_samples`` above ``samples`` the chains run in rounds: after each, ``convergence_check``
+    against ``job.convergence``; while it fails, every chain continues from its checkpoint (the same Markov chain,
+    adaptation finished) to ``next_length`` draws, up to ``max_samples``. ``stats["_rounds"]`` lists the rounds."""
     from .. import runtime
-    from .sample import find_chain_starts, find_map, flat_unconstrained, map_metric, potential, run_nuts
 
     info = runtime.configure(job.device, job.cache_dir)
     settings = SamplerSettings.from_dict(job.sampler)
@@ -162,6 +164,28 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         # chain workers take the measured choice instead of probing again
         job = dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name})
     method = settings.resolved_chain_method(info["backend"])
+    limit = settings.sample_limit
+    scratch = None  # a fit that may be extended continues its chains from checkpoints: a temporary folder if none
+    if limit > settings.samples and not job.checkpoint_dir:
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="myoglucose-chains-")
+        job = dataclasses.replace(job, checkpoint_dir=scratch, resume=False)
+    try:
+        return _run_fit(job, settings, spec, data, builder, info, method, limit, log)
+    finally:
+        if scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_fit(job: FitJob, settings: SamplerSettings, spec, data, builder, info: dict, method: str, limit: int,
+             log: Callable[[str], None]) -> tuple[dict, dict, object]:
+    import jax
+
+    from .sample import find_chain_starts, find_map, flat_unconstrained, map_metric, potential, run_nuts
+
     fp, ck = "", job.checkpoint_dir
     if ck:
         from . import checkpoint
@@ -198,27 +222,130 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
     elif settings.metric_init == "laplace":
         log("metric_init laplace needs init: map or dispersed; with init: median the warmup starts from the identity "
             "metric")
-    log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws), "
-        f"chain method {method}")
+    adaptive = limit > settings.samples
+    log(f"sampling {settings.chains} chains x ({settings.warmup} warmup + {settings.samples} draws"
+        + (f", extended until R-hat and ESS pass, at most {limit} draws)" if adaptive else ")")
+        + f", chain method {method}")
     t0 = time.perf_counter()
     chains = list(range(settings.chains))
-    if method == "processes":
-        ctx = mp.get_context("spawn")
-        workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            starts = init if isinstance(init, list) else [init] * len(chains)
-            results = list(pool.map(_chain_worker, [(job, c, starts[c], fp, metric) for c in chains]))
-        samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
-        stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
-    else:
-        out = run_nuts(builder, data.arrays, settings, init, chains, vectorized=(method == "vectorized"),
-                       checkpoint_dir=ck, fingerprint=fp, **_metric_kw(metric))
-        samples, stats = out["samples"], out["stats"]
+    pool = None
+    n, rounds, spent = settings.samples, [], {}
+    try:
+        while True:
+            rs = dataclasses.replace(settings, samples=n)  # round n: every chain to n draws (resumed after round 1)
+            if method == "processes":
+                if pool is None:
+                    workers = min(settings.chains, max(1, (mp.cpu_count() or 1)))
+                    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+                rjob = dataclasses.replace(job, sampler={**job.sampler, "samples": n})
+                starts = init if isinstance(init, list) else [init] * len(chains)
+                results = list(pool.map(_chain_worker, [(rjob, c, starts[c], fp, metric) for c in chains]))
+                samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
+                stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
+            else:
+                out = run_nuts(builder, data.arrays, rs, init, chains, vectorized=(method == "vectorized"),
+                               checkpoint_dir=ck, fingerprint=fp, **_metric_kw(metric))
+                samples, stats = out["samples"], out["stats"]
+            for k in ("_elapsed", "_warmup_gradients"):  # this round's work, added over rounds
+                spent[k] = spent.get(k, 0) + stats[k]
+            if not adaptive:
+                break
+            chk = convergence_check(builder, data, samples, job.convergence)
+            rounds.append({"draws_per_chain": n, "passed": chk["passed"], "r_hat_max": chk["r_hat_max"],
+                           "ess_bulk_min": chk["ess_bulk_min"], "ess_tail_min": chk["ess_tail_min"],
+                           "wall_s": time.perf_counter() - t0})
+            if chk["passed"] or n >= limit:
+                log(f"{n} draws per chain: max R-hat {chk['r_hat_max']:.4f}, min bulk ESS {chk['ess_bulk_min']:.0f}, "
+                    f"min tail ESS {chk['ess_tail_min']:.0f}: "
+                    + ("converged" if chk["passed"] else f"not converged at max_samples = {limit} ("
+                       + "; ".join(chk["failures"]) + ")"))
+                break
+            nxt = next_length(n, settings.samples, limit, chk["ess_ratio"])
+            log(f"{n} draws per chain: {'; '.join(chk['failures'])}; extending every chain to {nxt} draws")
+            n = nxt
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    stats.update(spent)
     stats["_sampling_wall"] = np.asarray(time.perf_counter() - t0)
+    if adaptive:
+        stats["_rounds"] = rounds
     if start_potentials is not None:
         stats["_start_potentials"] = np.asarray(start_potentials)
     log(f"sampling done in {float(stats['_sampling_wall']):.1f} s")
     return samples, stats, (spec, data, builder)
+
+
+def _latent_names(samples: dict) -> list[str]:
+    """The latent sites among the sampled sites (non-centred offsets, scales and noise)."""
+    return [k for k in samples if k.endswith(("__z", "__z_mu", "__omega", "__zs", "__tau")) or k.startswith("sigma_")]
+
+
+def _natural_fn(builder) -> Callable:
+    """One draw's latents -> its natural-scale quantities (what the model's deterministic sites hold): population and
+    group parameters, noise, subject values ``<id>_subject`` and subject spreads ``<id>_sd_subject``."""
+    def natural_all(one):
+        pop, grp, noise = builder.natural(one)
+        subj = {f"{k}_subject": v for k, v in builder.subject_values(one, pop, grp).items()}
+        spread = {f"{k}_sd_subject": one[f"{k}__tau"] for k in builder.subject_level()}
+        return {**pop, **grp, **noise, **subj, **spread}
+
+    return natural_all
+
+
+def natural_posterior(builder, samples: dict) -> dict[str, np.ndarray]:
+    """The posterior group's variables [chain, draw, ...] from the sampled latents ``samples`` [chain, draw, ...]:
+    the estimated parameters, the noise scales and the subject-level values and spreads."""
+    import jax
+    import jax.numpy as jnp
+
+    C, D = next(iter(samples.values())).shape[:2]
+    lat = {k: jnp.asarray(samples[k].reshape((C * D,) + samples[k].shape[2:])) for k in _latent_names(samples)}
+    natural = {k: np.asarray(v).reshape((C, D) + np.shape(v)[1:])
+               for k, v in jax.jit(jax.vmap(_natural_fn(builder)))(lat).items()}
+    keep = [r.id for r in builder.estimated] + list(dict.fromkeys(builder.noise_names))
+    posterior = {k: natural[k] for k in keep}
+    posterior.update({k: v for k, v in natural.items() if k.endswith(("_subject", "_sd_subject"))})
+    return posterior
+
+
+def convergence_check(builder, data, samples: dict, thresholds: dict | None) -> dict:
+    """R-hat and bulk/tail ESS of every posterior quantity (what ``diagnose`` checks, on the same natural-scale
+    variables) against ``thresholds`` (the config's ``diagnostics``; only r_hat_max, ess_bulk_min and ess_tail_min
+    are used: more draws cannot remove a divergence). Returns {"passed", "failures", "ess_ratio"}, where
+    ``ess_ratio`` is the largest (threshold / ESS) over bulk and tail (above 1: that many times the draws are
+    needed, if ESS grows in proportion)."""
+    from ..diagnostics.convergence import Thresholds, convergence_table, verdict
+
+    th = Thresholds.from_dict({k: v for k, v in (thresholds or {}).items()
+                               if k in ("r_hat_max", "ess_bulk_min", "ess_tail_min")})
+    post = natural_posterior(builder, samples)
+    group_level = set(builder.group_level())
+    coords = {"group": list(data.groups), "subject_id": list(data.subjects)}
+    ds = xr.Dataset({k: (("chain", "draw") + (("group",) if k in group_level else ("subject_id",)
+                                             if k.endswith("_subject") and not k.endswith("_sd_subject") else ())
+                         [: v.ndim - 2], v) for k, v in post.items()})
+    ds = ds.assign_coords({d: c for d, c in coords.items() if d in ds.dims})
+    table = convergence_table(xr.DataTree(children={"posterior": xr.DataTree(ds)}))
+    out = verdict(table, {}, th)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = max(float(np.nanmax(th.ess_bulk_min / table["ess_bulk"].astype(float))),
+                    float(np.nanmax(th.ess_tail_min / table["ess_tail"].astype(float))))
+    return {"passed": out["passed"], "failures": out["failures"], "ess_ratio": ratio,
+            "r_hat_max": float(table["r_hat"].max()), "ess_bulk_min": float(table["ess_bulk"].min()),
+            "ess_tail_min": float(table["ess_tail"].min())}
+
+
+def next_length(current: int, step: int, limit: int, ess_ratio: float) -> int:
+    """Draws per chain of the next round of a fit that has not converged after ``current``: with an ESS shortfall
+    (``ess_ratio`` > 1), the length at which it would close with a 20 % margin, at least ``current + step / 2``,
+    rounded up to 50 (each round restarts the chain processes: a few seconds each); when only R-hat fails,
+    ``current + step``. Never more than ``limit``."""
+    if np.isfinite(ess_ratio) and ess_ratio > 1.0:
+        want = int(np.ceil(max(current + step / 2.0, current * ess_ratio * 1.2) / 50.0)) * 50
+    else:
+        want = current + step
+    return int(min(limit, want))
 
 
 def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, attrs: dict,
@@ -233,8 +360,7 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
 
     spec, data, builder = problem
     C, D = next(iter(samples.values())).shape[:2]
-    latent_names = [k for k in samples
-                    if k.endswith(("__z", "__z_mu", "__omega", "__zs", "__tau")) or k.startswith("sigma_")]
+    latent_names = _latent_names(samples)
     lat = {k: jnp.asarray(samples[k].reshape((C * D,) + samples[k].shape[2:])) for k in latent_names}
     key = jax.random.PRNGKey(settings.seed + 104729)
     t0 = time.perf_counter()
@@ -247,19 +373,8 @@ def build_tree(samples: dict, stats: dict, problem, settings: SamplerSettings, a
     log(f"prior predictive for {n_prior} draws in {time.perf_counter() - t0:.1f} s")
 
     groups = list(data.groups)
-    pnames = [r.id for r in builder.estimated]
-    noise_names = list(dict.fromkeys(builder.noise_names))
-    # natural-scale parameters from the latents (what the model's deterministic sites hold), [chain, draw, ...]
-    def natural_all(one):
-        pop, grp, noise = builder.natural(one)
-        subj = {f"{k}_subject": v for k, v in builder.subject_values(one, pop, grp).items()}
-        spread = {f"{k}_sd_subject": one[f"{k}__tau"] for k in builder.subject_level()}
-        return {**pop, **grp, **noise, **subj, **spread}
-
-    natural = {k: np.asarray(v).reshape((C, D) + np.shape(v)[1:])
-               for k, v in jax.jit(jax.vmap(natural_all))(lat).items()}
-    posterior = {k: natural[k] for k in pnames + noise_names}
-    posterior.update({k: v for k, v in natural.items() if k.endswith(("_subject", "_sd_subject"))})
+    natural_all = _natural_fn(builder)
+    posterior = natural_posterior(builder, samples)
     prior = {k: np.asarray(v)[None] for k, v in jax.vmap(natural_all)(prior_lat).items()}
     unconstrained = {k: samples[k] for k in latent_names if not k.startswith("sigma_")}
     depth = np.floor(np.log2(np.maximum(stats["num_steps"], 1))).astype(np.int64) + 1
@@ -326,6 +441,8 @@ def fit_summary(stats: dict, tree: xr.DataTree) -> dict:
         "gradient_evaluations": int(np.asarray(tree["sample_stats"]["n_steps"]).sum()),
         # warmup leapfrog steps run by this fit (after a resume: only those since the checkpoint)
         "warmup_gradient_evaluations": int(np.asarray(stats.get("_warmup_gradients", 0)).sum()),
+        # sampler.max_samples: each round's length and diagnostics (the last one is the posterior's)
+        **({"rounds": stats["_rounds"]} if "_rounds" in stats else {}),
         # init: dispersed: each chain's start potential (negative log density at its local optimum)
         **({"chain_start_potentials": [float(v) for v in stats["_start_potentials"]]}
            if "_start_potentials" in stats else {}),

@@ -25,7 +25,8 @@ INITS = ("map", "dispersed", "median")
 class SamplerSettings:
     chains: int = 4
     warmup: int = 500
-    samples: int = 500
+    samples: int = 500  # draws per chain (with max_samples: of the first round)
+    max_samples: int | None = None  # None: exactly `samples`; else extend until converged, at most this many
     target_accept: float = 0.95
     dense_mass: bool = True
     max_tree_depth: int = 8
@@ -46,6 +47,9 @@ class SamplerSettings:
             problems.append(f"sampler.chains must be >= 1 (got {self.chains})")
         if self.warmup < 1 or self.samples < 1:
             problems.append(f"sampler.warmup and sampler.samples must be >= 1 (got {self.warmup}, {self.samples})")
+        if self.max_samples is not None and self.max_samples < self.samples:
+            problems.append(f"sampler.max_samples must be >= sampler.samples or null (got {self.max_samples} < "
+                            f"{self.samples})")
         if not 0.5 <= self.target_accept < 1.0:
             problems.append(f"sampler.target_accept must be in [0.5, 1) (got {self.target_accept})")
         if not 1 <= self.max_tree_depth <= 15:
@@ -73,6 +77,11 @@ class SamplerSettings:
         if unknown:
             raise ValueError(f"unknown sampler setting(s) {sorted(unknown)}")
         return cls(**d)
+
+    @property
+    def sample_limit(self) -> int:
+        """Most draws per chain: ``max_samples``, or ``samples`` for a fixed length."""
+        return self.samples if self.max_samples is None else self.max_samples
 
     @property
     def laplace_metric(self) -> bool:
