@@ -96,6 +96,7 @@ def test_unmet_thresholds_extend_the_same_chains_to_the_limit(job):
     assert int(np.sum(st_ext["_warmup_gradients"])) == int(np.sum(st_fix["_warmup_gradients"]))
 
 
+@pytest.mark.slow  # 30 s on 2 cores; the extension test above covers the rounds in the fast tier
 def test_met_thresholds_stop_after_the_first_round(job):
     import dataclasses
 
