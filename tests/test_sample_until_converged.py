@@ -109,3 +109,24 @@ def test_met_thresholds_stop_after_the_first_round(job):
     assert [r["draws_per_chain"] for r in st["_rounds"]] == [20]
     assert st["_rounds"][0]["passed"] and next(iter(s.values())).shape[:2] == (2, 20)
     assert any("20 draws per chain" in m and m.endswith("converged") for m in msgs), msgs
+
+
+@pytest.mark.slow  # two worker processes compile the model: about 1.5 min on 2 cores
+def test_chain_processes_reuse_their_kernel_and_give_the_sequential_draws(job):
+    """3 chains on 2 worker processes (one worker runs two chains, reusing its problem, kernel and compiled step),
+    extended from 20 to 40 draws in a second round of the same workers: the same draws as 3 chains run one after
+    another in this process at a fixed 40 draws."""
+    import dataclasses
+
+    from myoglucose.inference.fit import run_fit
+
+    base = {**job.sampler, "chains": 3}
+    msgs: list[str] = []
+    proc = dataclasses.replace(job, sampler={**base, "chain_method": "processes", "max_samples": 40},
+                               convergence={"r_hat_max": 1.01, "ess_bulk_min": 1e6, "ess_tail_min": 1e6})
+    s_p, st_p, _ = run_fit(proc, log=msgs.append)
+    assert [r["draws_per_chain"] for r in st_p["_rounds"]] == [20, 40], msgs
+    seq = dataclasses.replace(job, sampler={**base, "samples": 40})
+    s_s, _, _ = run_fit(seq, log=print)
+    for k in s_s:
+        np.testing.assert_array_equal(s_p[k], s_s[k], err_msg=k)

@@ -112,6 +112,9 @@ def _exit_with_parent(every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+_WORKER_CACHE: dict = {}  # in a chain worker process: problem and kernel of the fit it serves (``_chain_worker``)
+
+
 def _chain_worker(args) -> dict:
     import os
 
@@ -123,11 +126,23 @@ def _chain_worker(args) -> dict:
     runtime.configure(job.device, job.cache_dir)
     from .sample import run_nuts
 
-    _, data, builder = load_problem(job)
+    # the next chain of the same fit in this worker (or the same chain's next round) reuses the problem, the kernel
+    # and its compiled step: everything but the chain's start and length is the same
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(job) | {"sampler": {k: v for k, v in job.sampler.items()
+                                                                          if k != "samples"}}, fp],
+                                    sort_keys=True, default=str).encode()
+                         + (b"" if metric is None else np.ascontiguousarray(metric).tobytes())).hexdigest()
+    if key not in _WORKER_CACHE:
+        _WORKER_CACHE.clear()  # one fit at a time per worker
+        _WORKER_CACHE[key] = (load_problem(job), {})
+    (_, data, builder), reuse = _WORKER_CACHE[key]
     settings = SamplerSettings.from_dict(job.sampler)
     t0 = time.perf_counter()
     out = run_nuts(builder, data.arrays, settings, init, [chain], checkpoint_dir=job.checkpoint_dir, fingerprint=fp,
-                   **_metric_kw(metric))
+                   reuse=reuse, **_metric_kw(metric))
     out["wall"] = time.perf_counter() - t0
     return out
 
@@ -229,6 +244,7 @@ def _run_fit(job: FitJob, settings: SamplerSettings, spec, data, builder, info: 
     t0 = time.perf_counter()
     chains = list(range(settings.chains))
     pool = None
+    reuse: dict = {}  # one kernel and compiled step for every chain and round run in this process
     n, rounds, spent = settings.samples, [], {}
     try:
         while True:
@@ -244,7 +260,7 @@ def _run_fit(job: FitJob, settings: SamplerSettings, spec, data, builder, info: 
                 stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
             else:
                 out = run_nuts(builder, data.arrays, rs, init, chains, vectorized=(method == "vectorized"),
-                               checkpoint_dir=ck, fingerprint=fp, **_metric_kw(metric))
+                               checkpoint_dir=ck, fingerprint=fp, reuse=reuse, **_metric_kw(metric))
                 samples, stats = out["samples"], out["stats"]
             for k in ("_elapsed", "_warmup_gradients"):  # this round's work, added over rounds
                 spent[k] = spent.get(k, 0) + stats[k]

@@ -321,16 +321,23 @@ def _stderr(msg: str) -> None:
 def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrides):
     """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests).
     For a ``ModelBuilder`` it is ``_LatentInitNUTS`` (the same sampler, a start-up without eager model runs)."""
-    from numpyro.infer import NUTS, init_to_median, init_to_value
+    from numpyro.infer import NUTS
 
     fwd = builder.solver.adjoint == "forward"
-    strategy = init_to_value(values=init) if init is not None else init_to_median(num_samples=15)
+    strategy = _init_strategy(init)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
               max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
     kw.update(overrides)
     if hasattr(builder, "sample_latents"):
         return _latent_init_nuts()(builder, **kw)
     return NUTS(builder.model, **kw)
+
+
+def _init_strategy(init: dict | None):
+    """NumPyro init strategy of a chain: its constrained start ``init``, or the prior median when None."""
+    from numpyro.infer import init_to_median, init_to_value
+
+    return init_to_value(values=init) if init is not None else init_to_median(num_samples=15)
 
 
 def _latent_init_nuts():
@@ -361,6 +368,7 @@ def _latent_init_nuts():
         def __init__(self, builder, **kw):
             super().__init__(builder.model, **kw)
             self._builder = builder
+            self._vg = {}
 
         def _init_state(self, rng_key, model_args, model_kwargs, init_params):
             b = self._builder
@@ -378,8 +386,10 @@ def _latent_init_nuts():
                     f = partial(pe_fn, args, kwargs)
                     return (f(z), jax.jacfwd(f)(z)) if fwd else jax.value_and_grad(f)(z)
 
-                vg = jax.jit(value_and_grad if jnp.ndim(rng_key) == 1 else jax.vmap(value_and_grad, (0, None, None)))
-                pe, grad = vg(z, model_args, model_kwargs)
+                vec = jnp.ndim(rng_key) != 1
+                if vec not in self._vg:  # one compiled program per kernel (a reused kernel's next chain: no retrace)
+                    self._vg[vec] = jax.jit(jax.vmap(value_and_grad, (0, None, None)) if vec else value_and_grad)
+                pe, grad = self._vg[vec](z, model_args, model_kwargs)
                 finite = np.isfinite(np.asarray(pe)).all() and all(
                     np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
                 if not finite:
@@ -407,26 +417,39 @@ _LATENT_INIT_NUTS = None
 
 
 def run_nuts(builder, arrays, settings: SamplerSettings, init: dict | None, chain_ids: list[int],
-             vectorized: bool = False, checkpoint_dir=None, fingerprint: str = "",
+             vectorized: bool = False, checkpoint_dir=None, fingerprint: str = "", reuse: dict | None = None,
              **kernel_overrides) -> dict[str, Any]:
     """Run NUTS for the given chain ids (one chain at a time unless ``vectorized``). Returns numpy arrays
     ``samples[site] -> [chain, draw, ...]`` (latent sites) and ``stats[field] -> [chain, draw]``. ``init``: one
     constrained start for every chain, a list of them indexed by chain id (``init: dispersed``), or None (median).
 
     Chain ``c`` starts from ``fold_in(PRNGKey(seed), c)``; with ``checkpoint_dir`` its state is saved there every
-    ``settings.checkpoint_every`` iterations (and after warmup) and a matching checkpoint found there is resumed."""
+    ``settings.checkpoint_every`` iterations (and after warmup) and a matching checkpoint found there is resumed.
+
+    Chains run one after another share one kernel and its compiled step (NumPyro's own sequential chains re-``init``
+    one kernel too; only the start differs, set per chain), so the second chain neither retraces nor recompiles.
+    ``reuse``: a dict that keeps that kernel across calls (a chain worker process running several chains of one fit,
+    or rounds of ``sampler.max_samples``); the caller keys it by everything the kernel depends on (model, data,
+    settings, ``kernel_overrides``). The draws are the same as with a fresh kernel per chain."""
     from .checkpoint import chain_file
 
     out_s: dict[str, list] = {}
     out_t: dict[str, list] = {}
     per_chain = isinstance(init, (list, tuple))  # init: dispersed, one start per chain (indexed by chain id)
     runs = [chain_ids] if vectorized else [[c] for c in chain_ids]
+    reuse = {} if reuse is None else reuse
     for ids in runs:
         init_params = None
         if per_chain and len(ids) > 1:  # vectorised chains: stacked unconstrained starts, one row per chain
             init_params = _stacked_unconstrained(builder, arrays, [init[c] for c in ids])
         one = init[ids[0]] if per_chain and len(ids) == 1 else (None if per_chain else init)
-        kernel = make_kernel(builder, settings, one, **kernel_overrides)  # fresh: NUTS.init mutates the kernel
+        if len(ids) == 1 and "kernel" in reuse:
+            kernel = reuse["kernel"]
+            kernel._init_strategy = _init_strategy(one)  # this chain's start; everything else is the same
+        else:
+            kernel = make_kernel(builder, settings, one, **kernel_overrides)
+            if len(ids) == 1:
+                reuse["kernel"] = kernel
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(settings.seed), c) for c in ids])
         t0 = time.perf_counter()
         _stderr(f"chain(s) {ids}: compiling and sampling")
@@ -503,16 +526,22 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
     vec = jnp.ndim(key) == 2
     total = warmup + samples
     state = _strong(kernel.init(key, warmup, init_params, model_args=model_args, model_kwargs=model_kwargs))
-    # latent sites on their constrained scale; deterministic sites are left out (they would replay the model, an ODE
-    # solve per draw and a compile of its own; build_tree computes what it needs from the latents)
-    pp = kernel.get_constrain_fn(model_args, model_kwargs, return_deterministic=False)
-    post = jax.jit(jax.vmap(pp) if vec else pp)
-    getters = {f: attrgetter(f) for f in extra_fields}
+    compiled = kernel.__dict__.setdefault("_myoglucose_compiled", {})  # a reused kernel's programs (run_nuts)
+    # the arguments' identities (the arrays of one fit; the cache entry keeps them alive, so an id is never reused)
+    ckey = (vec, tuple(extra_fields), tuple(map(id, model_args)), tuple((k, id(v)) for k, v in
+                                                                        sorted(model_kwargs.items())))
+    if ckey not in compiled:
+        # latent sites on their constrained scale; deterministic sites are left out (they would replay the model, an
+        # ODE solve per draw and a compile of its own; build_tree computes what it needs from the latents)
+        pp = kernel.get_constrain_fn(model_args, model_kwargs, return_deterministic=False)
+        getters = {f: attrgetter(f) for f in extra_fields}
 
-    @jax.jit
-    def step(s):
-        s = _strong(kernel.sample(s, model_args, model_kwargs))
-        return s, {f: g(s) for f, g in getters.items()}
+        def step(s):
+            s = _strong(kernel.sample(s, model_args, model_kwargs))
+            return s, {f: g(s) for f, g in getters.items()}
+
+        compiled[ckey] = (jax.jit(jax.vmap(pp) if vec else pp), jax.jit(step), (model_args, model_kwargs))
+    post, step, _ = compiled[ckey]
 
     it, draws, stats = 0, {}, {}
     if checkpoint is not None:
