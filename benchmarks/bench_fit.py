@@ -226,7 +226,7 @@ def bench_load(n: int, work: Path, warmup: int, samples: int) -> dict:
                         "glucose_plasma,insulin_plasma,gir", "--every", "20", "--out-dir", str(cohort)],
                        check=True, capture_output=True, cwd=ROOT)
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    cfg["sampler"].update(chains=1, warmup=warmup, samples=samples, init="median", progress=False,
+    cfg["sampler"].update(chains=1, warmup=warmup, samples=samples, max_samples=None, init="median", progress=False,
                           predictive_draws=10, max_tree_depth=6, checkpoint_every=0)
     cfg["device"] = "cpu"
     cfg_path = work / f"load_{n}.yaml"

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    sampler = {**cfg["sampler"], "chains": args.chains, "warmup": args.warmup, "samples": args.samples,
+    sampler = {**cfg["sampler"], "chains": args.chains, "warmup": args.warmup, "samples": args.samples, "max_samples": None,
                "chain_method": args.chain_method, "progress": False}
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(os.path.expanduser(cfg["compilation_cache"])))
     res = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "sampler": sampler, "solver": cfg["solver"], "cases": {}}

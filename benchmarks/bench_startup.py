@@ -67,7 +67,7 @@ def one(args) -> dict:
     from myoglucose.inference.sample import SamplerSettings, find_map, potential, run_nuts
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    sampler = dict(cfg["sampler"], warmup=5, samples=5, chains=1, progress=False)
+    sampler = dict(cfg["sampler"], warmup=5, samples=5, max_samples=None, chains=1, progress=False)
     job = FitJob(tidy_dir=args.tidy_dir, model_dir=str(ROOT / "models" / args.model), repo_root=str(ROOT),
                  solver=cfg["solver"], sampler=sampler)
     imports = time.perf_counter() - t_start

@@ -101,6 +101,9 @@ def test_resolved_config_has_defaults_and_overlay(workdir: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     resolved = yaml.safe_load((workdir / "results/config.resolved.yaml").read_text())
     assert resolved["sampler"]["chains"] == 2  # from config/test.yaml
+    # config.yaml extends chains until converged; the CI config's 50 draws must stay 50 (null overrides 2000)
+    assert resolved["sampler"]["max_samples"] is None
+    assert yaml.safe_load((REPO / "config/config.yaml").read_text())["sampler"]["max_samples"] == 2000
     assert resolved["solver"]["name"] == "auto"  # from config/config.yaml or the schema default
     assert resolved["diagnostics"]["fail_on_bad"] is False
     assert resolved["fits"] == [{"dataset": "katz2000_clamp", "model": "core"}]  # default: datasets x models
