@@ -151,6 +151,12 @@ def test_methods_paragraph_has_every_item_of_the_issue():
     assert attrs["git_commit"] in text
     assert f"random seed was {attrs['seed']}" in text
     assert "SHA-256" in text
+    assert "run until converged" not in text  # a fixed length
+    text = methods_paragraph(attrs, {"chains": 4, "warmup": 300, "draws": 500, "max_samples": 2000,
+                                     "first_round": 250, "rounds": [{"draws_per_chain": 250},
+                                                                    {"draws_per_chain": 500}]})
+    assert "500 retained draws per chain" in text and "run until converged: after 250 draws" in text
+    assert "up to 2000 draws per chain; this fit kept 250 -> 500 draws per chain in 2 rounds." in text
     auto = dict(attrs, solver="Tsit5", solver_requested="auto",
                 solver_choice=json.dumps({"chosen": "Tsit5", "reason": "stability costs few steps"}))
     text = methods_paragraph(auto, {})

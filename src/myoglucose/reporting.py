@@ -256,6 +256,10 @@ def write_fit_report(post: xr.DataTree, pred: xr.DataTree, diagnostics_tsv: Path
     elif model_dir is not None and (Path(model_dir) / "parameters.tsv").exists():
         params_df = pd.read_csv(Path(model_dir) / "parameters.tsv", sep="\t")
     sampler = _json_mapping(post.attrs.get("sampler_settings"))
+    if sampler.get("max_samples"):  # sampled until converged: the draws kept are the posterior's, not `samples`
+        summary = _json_mapping(post.attrs.get("fit_summary"))
+        sampler = {**sampler, "first_round": sampler.get("samples"), "rounds": summary.get("rounds") or [],
+                   "samples": int(post["posterior"].to_dataset().sizes["draw"])}
     text = methods_paragraph(dict(post.attrs), sampler, parameters=params_df,
                              n_measurements=int(post["observed_data"].to_dataset()["obs"].size), priors=priors)
     from .report.export import atomic_write

@@ -625,6 +625,15 @@ def methods_paragraph(
     elif init:
         detail.append(f"initialisation: {init}")
     sentences.append(nuts + (f" ({'; '.join(detail)})" if detail else "") + ".")
+    if settings.get("max_samples") and settings.get("first_round"):
+        rounds = [int(r["draws_per_chain"]) for r in settings.get("rounds") or []]
+        sentences.append(
+            f"Chains were run until converged: after {int(settings['first_round'])} draws per chain, while the "
+            "rank-normalised R-hat or the bulk or tail effective sample size of any parameter missed its threshold, "
+            "every chain continued (the same Markov chain, without new warm-up) to a length projected from the "
+            f"shortfall, up to {int(settings['max_samples'])} draws per chain"
+            + (f"; this fit kept {' -> '.join(map(str, rounds))} draws per chain in {_plural(len(rounds), 'round')}"
+               if rounds else "") + ".")
 
     seed = attrs.get("seed")
     if seed is not None:
