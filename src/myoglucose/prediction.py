@@ -256,10 +256,9 @@ def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray
 
     ``pop``/``grp`` hold the parameter draws to simulate (leading axis = draw, as from
     ``posterior_parameter_draws``), ``draws`` their draw index (the ``draw`` coordinate). Each group gets its own
-    covariates (body weight and surface area of its first condition) and its own insulin kinetics. Each protocol
-    (delay or control) is solved for several draws x all groups per call, every call by one compiled program
-    (protocols padded to a common number of breakpoints). A failed solve gives NaN and ``ok = False``; it never
-    raises."""
+    covariates (body weight and surface area of its first condition) and its own insulin kinetics. All groups x
+    (delays + control) are solved in one batch per draw, by one compiled program (protocols padded to a common
+    number of breakpoints). A failed solve gives NaN and ``ok = False``; it never raises."""
     import jax
     import jax.numpy as jnp
 
@@ -271,25 +270,23 @@ def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray
     P, G = len(allp), len(data.groups)
     K = max(n_breakpoints(pr) for pr in allp)
     covs = data.covariates
-    rows = [covs[covs["group"].astype(str) == g].iloc[0] for g in data.groups]
-    gidx = jnp.arange(G)
+    us, ts, t1 = [], [], []
+    for g in data.groups:
+        row = covs[covs["group"].astype(str) == g].iloc[0]
+        for pr in allp:
+            us.append(build_inputs(pr, float(row["body_weight_kg"]), float(row["bsa_m2"]), None, n_breaks=K))
+            ts.append(np.linspace(pr.end - STEADY_STATE_MIN, pr.end, _STEADY_POINTS))
+            t1.append(pr.end)
+    ub = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *us)
+    tsb, t1b = jnp.asarray(np.stack(ts)), jnp.asarray(np.asarray(t1))
+    gidx = jnp.asarray(np.repeat(np.arange(G), P))
     ssettings = _scenario_settings(settings, allp)
     run = _steady_gir_batch(ssettings, active_states(allp, True))
     nd = len(draws)
-    m, o = np.empty((nd, G, P)), np.empty((nd, G, P), bool)
-    # one protocol per call (draws x groups): a vmapped solve steps until its slowest element is done, so mixing the
-    # 3-h clamp with the 75-h one would make every element pay the longest protocol's steps. All protocols are padded
-    # to K breakpoints and share the save-grid length, so one compiled program serves them all.
-    for i, pr in enumerate(allp):
-        ub = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[
-            build_inputs(pr, float(r["body_weight_kg"]), float(r["bsa_m2"]), None, n_breaks=K) for r in rows])
-        tsb = jnp.asarray(np.broadcast_to(np.linspace(pr.end - STEADY_STATE_MIN, pr.end, _STEADY_POINTS),
-                                          (G, _STEADY_POINTS)))
-        t1b = jnp.full((G,), pr.end)
-        m[:, :, i], o[:, :, i] = _over_draws(
-            run, lambda j: builder.condition_params({k: jnp.asarray(v[j]) for k, v in pop.items()},
-                                                    {k: jnp.asarray(v[j]) for k, v in grp.items()}, gidx),
-            range(nd), ub, tsb, t1b)
+    m, o = _over_draws(run, lambda j: builder.condition_params({k: jnp.asarray(v[j]) for k, v in pop.items()},
+                                                              {k: jnp.asarray(v[j]) for k, v in grp.items()}, gidx),
+                       range(nd), ub, tsb, t1b)
+    m, o = m.reshape(nd, G, P), o.reshape(nd, G, P)
     ok = o & np.isfinite(m)
     gir = np.where(ok, m, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
