@@ -124,8 +124,8 @@ def test_parameter_recovery_on_a_synthetic_cohort(tmp_path):
         "--every", "15", "--out-dir", cohort)
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     cfg["device"] = "cpu"
-    cfg["sampler"].update(chains=2, warmup=150, samples=150, map_starts=2, map_steps=150, max_tree_depth=6,
-                          predictive_draws=20, seed=3)
+    cfg["sampler"].update(chains=2, warmup=150, samples=150, max_samples=None, map_starts=2, map_steps=150,
+                          max_tree_depth=6, predictive_draws=20, seed=3)  # a fixed length (config.yaml extends)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     run("fit", "--tidy-dir", cohort, "--model", ROOT / "models/core", "--config", tmp_path / "cfg.yaml",
         "--out", tmp_path / "post.nc")
