@@ -64,9 +64,9 @@ def load_problem(job: FitJob):
 
 def fit_fingerprint(job: FitJob, spec, data, builder, backend: str, vectorized: bool) -> str:
     """Hash of everything that determines the chains: a checkpoint is resumed only when this is unchanged.
-    Excluded: ``chains`` (chain c does not depend on how many there are), ``samples`` and ``max_samples`` (a chain can
-    be extended or cut), ``progress``, ``checkpoint_every`` and ``predictive_draws``. The solver is the one the model uses (after
-    ``name: auto`` was resolved)."""
+    Excluded: ``chains`` (chain c does not depend on how many there are), ``samples`` and ``max_samples`` (a chain
+    can be extended or cut), ``progress``, ``checkpoint_every`` and ``predictive_draws``. The solver is the one the
+    model uses (after ``name: auto`` was resolved)."""
     from ..provenance import package_versions, sha256_file
     from .checkpoint import code_sha256, fingerprint
 
