@@ -30,6 +30,9 @@ class SamplerSettings:
     target_accept: float = 0.95
     dense_mass: bool = True
     max_tree_depth: int = 8
+    # None: max_tree_depth in warmup too; else the warmup's own cap (the early warmup, before the metric is adapted,
+    # otherwise spends most of a fit's gradients on deep trees; docs/performance.md section 2)
+    warmup_max_tree_depth: int | None = None
     init: str = "map"  # map | dispersed | median
     map_starts: int = 8
     map_steps: int = 200
@@ -54,6 +57,9 @@ class SamplerSettings:
             problems.append(f"sampler.target_accept must be in [0.5, 1) (got {self.target_accept})")
         if not 1 <= self.max_tree_depth <= 15:
             problems.append(f"sampler.max_tree_depth must be in [1, 15] (got {self.max_tree_depth})")
+        if self.warmup_max_tree_depth is not None and not 1 <= self.warmup_max_tree_depth <= 15:
+            problems.append(f"sampler.warmup_max_tree_depth must be in [1, 15] or null (got "
+                            f"{self.warmup_max_tree_depth})")
         if self.init not in INITS:
             problems.append(f"sampler.init must be one of {INITS} (got {self.init!r})")
         if self.metric_init not in ("identity", "laplace"):
@@ -133,6 +139,26 @@ def _init_z_full(builder, arrays, key, strategy) -> dict:
                             forward_mode_differentiation=builder.solver.adjoint == "forward").param_info.z
 
 
+def potential_energy_fn(builder) -> Callable:
+    """``potential_energy(builder.model, args, kwargs, z)`` as one jitted function per builder, shared by every
+    program of a fit that evaluates the potential: the MAP search, the Laplace metric, ``NUTS.init`` and the NUTS
+    step. JAX caches the jaxpr of a jitted function per argument shapes, and the JVP, partial evaluation and transpose
+    of that jaxpr, so the model, its ODE solves and their sensitivities are traced and differentiated once per
+    process instead of once per program (the step and the chain start each traced them again, about 2 s apiece on
+    2 cores; docs/performance.md section 6). The compiled programs are the same: XLA inlines the inner call.
+    A builder without ``sample_latents`` (a toy model in the tests, whose arguments need not be arrays) gets the
+    plain function."""
+    from numpyro.infer.util import potential_energy
+
+    model = builder.model
+    if not hasattr(builder, "sample_latents"):
+        return lambda args, kwargs, z: potential_energy(model, args, kwargs, z)
+    fn = builder.__dict__.get("_potential_energy_jit")
+    if fn is None:
+        fn = builder._potential_energy_jit = jax.jit(lambda args, kwargs, z: potential_energy(model, args, kwargs, z))
+    return fn
+
+
 def potential(builder, arrays):
     """The NUTS potential (negative log density on the unconstrained latent space) as a jitted value-and-gradient of
     a flat vector, and the sorted-site ``unravel`` NumPyro uses for its mass matrix. Build it once per fit and pass it
@@ -140,13 +166,13 @@ def potential(builder, arrays):
     of the whole model: the function ``initialize_model`` returns, without running the model eagerly to get it.)"""
     from jax.flatten_util import ravel_pytree
     from numpyro.infer import init_to_median
-    from numpyro.infer.util import potential_energy
 
     fwd = builder.solver.adjoint == "forward"
     unravel = ravel_pytree(_init_z(builder, arrays, jax.random.PRNGKey(0), init_to_median(num_samples=5)))[1]
+    pe = potential_energy_fn(builder)
 
     def f(x):
-        return potential_energy(builder.model, (arrays,), {"y": arrays.values}, unravel(x))
+        return pe((arrays,), {"y": arrays.values}, unravel(x))
 
     vg = jax.jit(lambda x: (f(x), jax.jacfwd(f)(x)) if fwd else jax.value_and_grad(f)(x))
     return vg, unravel
@@ -325,8 +351,10 @@ def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrid
 
     fwd = builder.solver.adjoint == "forward"
     strategy = _init_strategy(init)
+    depth = settings.max_tree_depth if settings.warmup_max_tree_depth is None else \
+        (settings.warmup_max_tree_depth, settings.max_tree_depth)  # NumPyro: (warmup, after warmup)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
-              max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
+              max_tree_depth=depth, init_strategy=strategy, forward_mode_differentiation=fwd)
     kw.update(overrides)
     if hasattr(builder, "sample_latents"):
         return _latent_init_nuts()(builder, **kw)
@@ -349,7 +377,7 @@ def _latent_init_nuts():
 
     from numpyro.infer import NUTS
     from numpyro.infer.hmc import hmc
-    from numpyro.infer.util import ParamInfo, _transforms_from_trace, initialize_model, potential_energy
+    from numpyro.infer.util import ParamInfo, _transforms_from_trace, initialize_model
 
     class _LatentInitNUTS(NUTS):
         """NumPyro's NUTS on ``builder.model``, initialised without running that model eagerly.
@@ -375,9 +403,7 @@ def _latent_init_nuts():
             info = initialize_model(rng_key, latent_model(b), dynamic_args=True, init_strategy=self._init_strategy,
                                     model_args=model_args, model_kwargs=model_kwargs)
             fwd = self._forward_mode_differentiation
-
-            def pe_fn(args, kwargs, z):
-                return potential_energy(b.model, args, kwargs, z)
+            pe_fn = potential_energy_fn(b)  # traced once per process (shared with the MAP search)
 
             if init_params is None:
                 z = info.param_info.z
