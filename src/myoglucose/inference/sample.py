@@ -30,9 +30,6 @@ class SamplerSettings:
     target_accept: float = 0.95
     dense_mass: bool = True
     max_tree_depth: int = 8
-    # None: max_tree_depth in warmup too; else the warmup's own cap (the early warmup, before the metric is adapted,
-    # otherwise spends most of a fit's gradients on deep trees; docs/performance.md section 2)
-    warmup_max_tree_depth: int | None = None
     init: str = "map"  # map | dispersed | median
     map_starts: int = 8
     map_steps: int = 200
@@ -57,9 +54,6 @@ class SamplerSettings:
             problems.append(f"sampler.target_accept must be in [0.5, 1) (got {self.target_accept})")
         if not 1 <= self.max_tree_depth <= 15:
             problems.append(f"sampler.max_tree_depth must be in [1, 15] (got {self.max_tree_depth})")
-        if self.warmup_max_tree_depth is not None and not 1 <= self.warmup_max_tree_depth <= 15:
-            problems.append(f"sampler.warmup_max_tree_depth must be in [1, 15] or null (got "
-                            f"{self.warmup_max_tree_depth})")
         if self.init not in INITS:
             problems.append(f"sampler.init must be one of {INITS} (got {self.init!r})")
         if self.metric_init not in ("identity", "laplace"):
@@ -351,10 +345,8 @@ def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrid
 
     fwd = builder.solver.adjoint == "forward"
     strategy = _init_strategy(init)
-    depth = settings.max_tree_depth if settings.warmup_max_tree_depth is None else \
-        (settings.warmup_max_tree_depth, settings.max_tree_depth)  # NumPyro: (warmup, after warmup)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
-              max_tree_depth=depth, init_strategy=strategy, forward_mode_differentiation=fwd)
+              max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
     kw.update(overrides)
     if hasattr(builder, "sample_latents"):
         return _latent_init_nuts()(builder, **kw)
