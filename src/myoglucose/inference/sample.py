@@ -139,7 +139,8 @@ def potential_energy_fn(builder) -> Callable:
     step. JAX caches the jaxpr of a jitted function per argument shapes, and the JVP, partial evaluation and transpose
     of that jaxpr, so the model, its ODE solves and their sensitivities are traced and differentiated once per
     process instead of once per program (the step and the chain start each traced them again, about 2 s apiece on
-    2 cores; docs/performance.md section 6). The compiled programs are the same: XLA inlines the inner call.
+    2 cores; docs/performance.md section 6). The compiled programs compute the same thing; XLA may round the
+    inlined call differently in the last bits.
     A builder without ``sample_latents`` (a toy model in the tests, whose arguments need not be arrays) gets the
     plain function."""
     from numpyro.infer.util import potential_energy
