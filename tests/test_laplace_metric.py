@@ -114,3 +114,80 @@ def test_chains_sample_the_posterior_from_the_laplace_start(vectorized):
     np.testing.assert_allclose(np.cov(x.T), COV, atol=0.12)
     assert abs(b.std() - SD_B) < 0.04
     assert out["stats"]["_warmup_gradients"].shape == (2,) and np.all(out["stats"]["_warmup_gradients"] > 0)
+
+
+# -- a centred hierarchy whose joint MAP collapses into the funnel's neck -------------------------------------------
+Y_GROUPS = np.array([-0.15, 0.0, 0.05, 0.2])  # group means
+NOISE_SD = 0.3  # their measurement sd
+S_OMEGA = 0.3  # half-normal scale of the between-group spread
+
+
+class FunnelBuilder:
+    """``mu ~ N(0, 1)``, ``omega ~ HalfNormal(0.3)``, centred group values ``g_z ~ N(mu, omega)``, data ``y_g ~
+    N(g_z, 0.05)``. The density grows without bound as ``omega -> 0`` with every group at ``mu``, whatever the data
+    say (the groups here differ by 0.9, eighteen data sds), so the joint MAP is degenerate."""
+
+    solver = types.SimpleNamespace(adjoint="reverse")
+    estimated = [types.SimpleNamespace(id="g", prior_scale=S_OMEGA)]
+
+    def group_level(self):
+        return ["g"]
+
+    def subject_level(self):
+        return []
+
+    def model(self, a, y=None):
+        mu = numpyro.sample("g__z_mu", dist.Normal(0.0, 1.0))
+        omega = numpyro.sample("g__omega", dist.HalfNormal(S_OMEGA))
+        with numpyro.plate("group", 4):
+            z = numpyro.sample("g__z", dist.Normal(mu, omega))
+            numpyro.sample("y", dist.Normal(z, NOISE_SD), obs=jnp.asarray(Y_GROUPS))
+
+
+def test_collapsed_group_spread_is_lifted_to_its_prior_median_and_the_rest_reoptimised(capsys):
+    """The MAP search walks down the neck (omega far below its prior's 5 % quantile). The start and the Laplace point
+    are moved to omega at its prior median with the other latents at their optimum given that omega: a quadratic
+    problem with a closed-form answer."""
+    from scipy.stats import halfnorm
+
+    from myoglucose.inference.sample import SPREAD_COLLAPSE_QUANTILE, find_map, potential, spread_priors
+
+    b = FunnelBuilder()
+    assert spread_priors(b) == {"g__omega": S_OMEGA}
+    settings = SamplerSettings(init="map", map_starts=2, map_steps=300)
+    pot = potential(b, ARRAYS)
+    # without the lift, the best optimum has collapsed
+    from myoglucose.inference.sample import _optimise_starts
+
+    runs = _optimise_starts(b, ARRAYS, settings, jax.random.PRNGKey(0), 2, pot, True, print, "start")
+    raw = pot[1](min(runs, key=lambda r: r[1])[0])
+    assert float(jnp.exp(raw["g__omega"])) < halfnorm.ppf(SPREAD_COLLAPSE_QUANTILE, scale=S_OMEGA)
+
+    init = find_map(b, ARRAYS, settings, jax.random.PRNGKey(0), log=print, pot=pot)
+    assert "hierarchical spread(s) collapsed" in capsys.readouterr().out
+    w = float(init["g__omega"])
+    assert w == pytest.approx(halfnorm.median(scale=S_OMEGA), rel=1e-12)
+    # closed form: minimise mu^2/2 + sum (z - mu)^2 / 2w^2 + sum (y - z)^2 / 2 sd^2 over (mu, z)
+    a, c = 1.0 / w**2, 1.0 / NOISE_SD**2
+    A = np.zeros((5, 5))
+    A[0, 0] = 1.0 + 4 * a
+    A[0, 1:] = A[1:, 0] = -a
+    A[1:, 1:] = np.eye(4) * (a + c)
+    sol = np.linalg.solve(A, np.concatenate([[0.0], c * Y_GROUPS]))
+    assert float(init["g__z_mu"]) == pytest.approx(sol[0], abs=1e-5)
+    np.testing.assert_allclose(np.asarray(init["g__z"]), sol[1:], atol=1e-5)
+    # the Laplace metric there is an ordinary matrix (the collapsed point's was 1e6-scale ill-conditioned)
+    M = map_metric(b, ARRAYS, init, SamplerSettings(init="map", metric_init="laplace"), log=print)
+    assert np.linalg.cond(M) < 1e4
+
+
+def test_a_spread_inside_its_prior_is_left_alone():
+    from myoglucose.inference.sample import flat_unconstrained, lift_collapsed_spreads, potential
+
+    b = FunnelBuilder()
+    pot = potential(b, ARRAYS)
+    x = np.asarray(flat_unconstrained(b, ARRAYS, {"g__z_mu": np.array(0.1), "g__omega": np.array(0.05),
+                                                  "g__z": Y_GROUPS.copy()}))
+    y, val = lift_collapsed_spreads(b, x, pot, 100, log=print)
+    assert val is None and np.array_equal(x, y)
+    assert lift_collapsed_spreads(GaussBuilder(), np.zeros(3), potential(GaussBuilder(), ARRAYS), 10)[1] is None

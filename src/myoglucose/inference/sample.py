@@ -35,6 +35,7 @@ class SamplerSettings:
     map_steps: int = 200
     map_spread: float = 2.0  # starts at median + map_spread x (prior draw - median), on the unconstrained scale
     metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; with init median: identity)
+    metric_shrinkage: float = 0.0  # dense warmup windows: pseudo-draws per dimension towards the previous metric
     chain_method: str = "auto"
     seed: int = 20261125
     progress: bool = True
@@ -58,6 +59,8 @@ class SamplerSettings:
             problems.append(f"sampler.init must be one of {INITS} (got {self.init!r})")
         if self.metric_init not in ("identity", "laplace"):
             problems.append(f"sampler.metric_init must be 'identity' or 'laplace' (got {self.metric_init!r})")
+        if not 0.0 <= self.metric_shrinkage <= 100.0:
+            problems.append(f"sampler.metric_shrinkage must be in [0, 100] (got {self.metric_shrinkage})")
         if self.chain_method not in CHAIN_METHODS:
             problems.append(f"sampler.chain_method must be one of {CHAIN_METHODS} (got {self.chain_method!r})")
         if self.checkpoint_every < 0:
@@ -227,7 +230,80 @@ def find_map(builder, arrays, settings: SamplerSettings, key, log: Callable[[str
     if not finite:
         raise RuntimeError("MAP initialisation failed: every start gave a non-finite log density")
     best = min(finite, key=lambda r: r[1])[0]
+    best = lift_collapsed_spreads(builder, best, pot, settings.map_steps, log)[0]
     return constrain_fn(latent_model(builder), (arrays,), {"y": arrays.values}, pot[1](best))
+
+
+#: a between-group (``__omega``) or within-group (``__tau``) spread below this quantile of its half-normal prior at
+#: an optimum has collapsed into the neck of the hierarchy's funnel (see ``lift_collapsed_spreads``)
+SPREAD_COLLAPSE_QUANTILE = 0.05
+
+
+def spread_priors(builder) -> dict[str, float]:
+    """Half-normal prior scale of every hierarchical spread site of a model builder: ``<id>__omega`` (between
+    groups) and ``<id>__tau`` (between subjects of a group), as ``sample_latents`` declares them."""
+    from .numpyro_model import GROUP_SPREAD_PRIOR, SUBJECT_SPREAD_PRIOR
+
+    if not hasattr(builder, "group_level"):
+        return {}
+    out = {}
+    grouped, by_subject = set(builder.group_level()), set(builder.subject_level())
+    for r in builder.estimated:
+        if r.id in grouped:
+            out[f"{r.id}__omega"] = GROUP_SPREAD_PRIOR * r.prior_scale
+        if r.id in by_subject:
+            out[f"{r.id}__tau"] = SUBJECT_SPREAD_PRIOR * r.prior_scale
+    return out
+
+
+def lift_collapsed_spreads(builder, x: np.ndarray, pot, steps: int, log: Callable[[str], None] = print) -> tuple[np.ndarray, float | None]:
+    """Move an optimum whose hierarchical spreads collapsed out of the funnel's neck.
+
+    The joint MAP of a hierarchy is degenerate where a spread can shrink to zero: with centred group values (basal
+    glucose) the density grows without bound as ``omega -> 0`` with every group at the population value, and L-BFGS
+    walks down that neck until it runs out of steps (core Bergman 1981: ``gb__omega`` 3e-4 against a posterior mean
+    of 0.2; the Hessian there has eigenvalues of 5e6 along the group values, variance ratios to the posterior of
+    2e4-5e5). A Laplace metric from that point makes every early NUTS trajectory hit the tree-depth cap.
+
+    Each spread below the ``SPREAD_COLLAPSE_QUANTILE`` quantile of its half-normal prior is set to the prior's median
+    and held there while the other latents are re-optimised (``steps`` L-BFGS steps): a point inside the posterior's
+    bulk where the group values follow their data, which is where the chains start and the Laplace metric is taken.
+    The posterior is unchanged (warmup still adapts from there). ``x`` is the flat unconstrained optimum; returns the
+    (possibly) moved point and its potential (None when nothing was lifted)."""
+    from scipy.stats import halfnorm
+
+    priors = spread_priors(builder)
+    vg, unravel = pot
+    x = np.array(x, dtype=np.float64)
+    sites = unravel(jnp.asarray(x))
+    index = unravel(jnp.arange(x.size, dtype=x.dtype))  # flat position of every element of every site
+    held, lifted = [], []
+    for name, scale in priors.items():
+        if name not in sites:
+            continue
+        floor = float(halfnorm.ppf(SPREAD_COLLAPSE_QUANTILE, scale=scale))
+        values = np.atleast_1d(np.exp(np.asarray(sites[name], dtype=np.float64)))  # positive: unconstrained = log
+        for i, v in zip(np.atleast_1d(np.asarray(index[name])).astype(int), values):
+            if v < floor:
+                x[i] = np.log(float(halfnorm.median(scale=scale)))
+                held.append(i)
+                lifted.append(f"{name} {v:.3g} < {floor:.3g}")
+    if not held:
+        return x, None
+    free = np.setdiff1d(np.arange(x.size), held)
+
+    def vg_free(z):  # the fit's compiled value-and-gradient on the free coordinates (no new trace)
+        full = x.copy()
+        full[free] = np.asarray(z)
+        v, g = vg(jnp.asarray(full))
+        return v, jnp.asarray(g)[free]
+
+    z, val = _lbfgs(vg_free, x[free], steps)
+    x[free] = np.asarray(z)
+    log(f"hierarchical spread(s) collapsed at the optimum ({'; '.join(lifted)}, the prior's "
+        f"{SPREAD_COLLAPSE_QUANTILE:g} quantile): held at the prior median while the other latents were re-optimised "
+        f"(potential {val:.3f}); the chains start and the Laplace metric is taken there")
+    return x, val
 
 
 def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Callable[[str], None] = print,
@@ -250,6 +326,8 @@ def find_chain_starts(builder, arrays, settings: SamplerSettings, key, log: Call
         if not np.isfinite(v):
             log(f"chain {c}: its start did not reach a finite log density; it starts at the best start instead")
             x, v = best
+        x, lifted = lift_collapsed_spreads(builder, x, pot, settings.map_steps, log)
+        v = v if lifted is None else lifted
         z = constrain_fn(latent_model(builder), (arrays,), {"y": arrays.values}, pot[1](x))
         starts.append({k: np.asarray(val) for k, val in z.items()})
         vals.append(float(v))
@@ -342,16 +420,16 @@ def _stderr(msg: str) -> None:
 def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrides):
     """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests).
     For a ``ModelBuilder`` it is ``_LatentInitNUTS`` (the same sampler, a start-up without eager model runs)."""
-    from numpyro.infer import NUTS
 
     fwd = builder.solver.adjoint == "forward"
     strategy = _init_strategy(init)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
-              max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd)
+              max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd,
+              metric_shrinkage=settings.metric_shrinkage)
     kw.update(overrides)
     if hasattr(builder, "sample_latents"):
         return _latent_init_nuts()(builder, **kw)
-    return NUTS(builder.model, **kw)
+    return _nuts()(builder.model, **kw)
 
 
 def _init_strategy(init: dict | None):
@@ -361,6 +439,34 @@ def _init_strategy(init: dict | None):
     return init_to_value(values=init) if init is not None else init_to_median(num_samples=15)
 
 
+def _nuts():
+    """``_NUTS`` (defined on first use: NumPyro is imported lazily)."""
+    global _NUTS
+    if _NUTS is not None:
+        return _NUTS
+    from numpyro.infer import NUTS
+
+    from .adaptation import use_adapter
+
+    class _NUTSWithShrinkage(NUTS):
+        """NumPyro's NUTS; with ``metric_shrinkage > 0`` its warmup adapts a dense metric with
+        ``adaptation.shrinkage_warmup_adapter`` (window estimates shrunk towards the previous metric)."""
+
+        def __init__(self, model=None, *, metric_shrinkage: float = 0.0, **kw):
+            super().__init__(model, **kw)
+            self._metric_shrinkage = float(metric_shrinkage)
+
+        def init(self, *args, **kwargs):
+            with use_adapter(self._metric_shrinkage):  # NumPyro builds its adapter in init
+                return super().init(*args, **kwargs)
+
+    _NUTS = _NUTSWithShrinkage
+    return _NUTS
+
+
+_NUTS = None
+
+
 def _latent_init_nuts():
     """``_LatentInitNUTS`` (defined on first use: NumPyro is imported lazily)."""
     global _LATENT_INIT_NUTS
@@ -368,11 +474,10 @@ def _latent_init_nuts():
         return _LATENT_INIT_NUTS
     from functools import partial
 
-    from numpyro.infer import NUTS
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import ParamInfo, _transforms_from_trace, initialize_model
 
-    class _LatentInitNUTS(NUTS):
+    class _LatentInitNUTS(_nuts()):
         """NumPyro's NUTS on ``builder.model``, initialised without running that model eagerly.
 
         ``NUTS.init`` calls ``initialize_model`` on the model, which runs it op by op three times (a prototype

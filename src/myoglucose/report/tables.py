@@ -620,6 +620,10 @@ def methods_paragraph(
         if settings.get("metric_init", "identity") == "laplace":
             detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
                           "(Laplace approximation)")
+    shrink = float(settings.get("metric_shrinkage") or 0.0)
+    if shrink > 0 and dense not in (False, "diagonal"):
+        detail.append(f"each warm-up window's dense covariance estimate shrunk towards the previous metric's principal "
+                      f"axes ({shrink:g} pseudo-draws per dimension)")
     elif init == "median":
         detail.append("chains initialised at the prior medians")
     elif init:
