@@ -165,8 +165,42 @@ def test_the_fit_kernel_uses_the_setting():
     assert hmc.warmup_adapter.__module__ == "numpyro.infer.hmc_util"  # restored
     assert not np.array_equal(out[0.0]["samples"]["x"], out[1.0]["samples"]["x"])
     with use_adapter(2.0):
-        assert hmc.warmup_adapter.keywords == {"shrinkage": 2.0}
+        assert hmc.warmup_adapter.keywords == {"shrinkage": 2.0, "target": "previous", "initial": None}
     with use_adapter(0.0):
         assert hmc.warmup_adapter.__module__ == "numpyro.infer.hmc_util"
     with pytest.raises(ValueError, match="metric_shrinkage"):
         SamplerSettings(metric_shrinkage=-1.0)
+
+
+def test_shrinking_towards_the_initial_metric():
+    """``target: initial`` shrinks every window towards the metric the warmup started from (here the posterior's own
+    covariance, at 5x its scale: only its axes count); the chains sample the posterior and the final metric is good
+    in every direction. A bad target name is refused."""
+    from numpyro.infer import hmc
+
+    kernel = NUTS(gauss_model, dense_mass=True, target_accept_prob=0.8, inverse_mass_matrix=jnp.asarray(5.0 * COV))
+    mcmc = MCMC(kernel, num_warmup=300, num_samples=1000, progress_bar=False)
+    original = hmc.warmup_adapter
+    hmc.warmup_adapter = partial(shrinkage_warmup_adapter, shrinkage=1.0, target="initial",
+                                 initial=jnp.asarray(5.0 * COV))
+    try:
+        mcmc.run(jax.random.PRNGKey(7))
+    finally:
+        hmc.warmup_adapter = original
+    x = np.asarray(mcmc.get_samples()["x"])
+    sd = np.sqrt(np.diag(COV))
+    assert np.abs((x.mean(axis=0) - MEAN) / sd).max() < 0.25
+    np.testing.assert_allclose(np.std(x, axis=0) / sd, 1.0, atol=0.15)
+    M = np.asarray(mcmc.last_state.adapt_state.inverse_mass_matrix[("x",)])
+    Li = np.linalg.inv(np.linalg.cholesky(COV))
+    r = np.linalg.eigvalsh(Li @ M @ Li.T)
+    print(f"target initial: metric / posterior variance {r.min():.2f} .. {r.max():.2f}")
+    assert 0.3 < r.min() and r.max() < 2.5
+    with pytest.raises(ValueError, match="shrinkage target"):
+        shrinkage_warmup_adapter(100, shrinkage=1.0, target="mean")
+    with pytest.raises(ValueError, match="metric_shrinkage_target"):
+        SamplerSettings(metric_shrinkage_target="mean")
+    builder = types.SimpleNamespace(model=gauss_model, solver=types.SimpleNamespace(adjoint="reverse"))
+    k = make_kernel(builder, SamplerSettings(metric_shrinkage=1.0, metric_shrinkage_target="initial", init="median"),
+                    None)
+    assert k._metric_shrinkage_target == "initial"

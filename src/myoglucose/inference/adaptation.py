@@ -67,9 +67,15 @@ def shrunk_covariance(m2, n, previous, shrinkage: float, regularize: bool = True
 
 def shrinkage_warmup_adapter(num_adapt_steps, find_reasonable_step_size=None, adapt_step_size=True,
                              adapt_mass_matrix=True, dense_mass=False, target_accept_prob=0.8,
-                             regularize_mass_matrix=True, *, shrinkage: float = 1.0):
+                             regularize_mass_matrix=True, *, shrinkage: float = 1.0, target: str = "previous",
+                             initial=None):
     """``numpyro.infer.hmc_util.warmup_adapter`` with the shrunk window estimate (module docstring). Same
-    signature, state (``HMCAdaptState``) and schedule; ``init_fn`` is NumPyro's own."""
+    signature, state (``HMCAdaptState``) and schedule; ``init_fn`` is NumPyro's own. ``target``: ``previous``
+    shrinks towards the metric of the window before (the module docstring), ``initial`` always towards the warmup's
+    starting metric ``initial`` (the Laplace metric; the identity when None), whose axes do not carry the noise of
+    a short window's estimate into the next."""
+    if target not in ("previous", "initial"):
+        raise ValueError(f"shrinkage target must be 'previous' or 'initial' (got {target!r})")
     from numpyro.infer import hmc_util
     from numpyro.util import cond, identity
 
@@ -83,12 +89,20 @@ def shrinkage_warmup_adapter(num_adapt_steps, find_reasonable_step_size=None, ad
     schedule = jnp.asarray(hmc_util.build_adaptation_schedule(num_adapt_steps))
     num_windows = len(schedule)
 
+    def anchor(previous):
+        if target == "previous" or jnp.ndim(previous) != 2:
+            return previous
+        dim = previous.shape[-1]
+        if initial is None or jnp.size(initial) not in (dim, dim * dim):
+            return jnp.identity(dim)
+        return jnp.diag(initial) if jnp.ndim(initial) == 1 else jnp.asarray(initial)
+
     def final(mm_state, previous):
         if isinstance(mm_state, dict):
             out = {b: final(mm_state[b], previous[b]) for b in mm_state}
             return tuple({b: out[b][i] for b in out} for i in range(3))
         _, m2, n = mm_state
-        return _factors(shrunk_covariance(m2, n, previous, shrinkage, regularize_mass_matrix))
+        return _factors(shrunk_covariance(m2, n, anchor(previous), shrinkage, regularize_mass_matrix))
 
     def window_end(z_info, rng_key_ss, state):
         step_size, imm, mm_sqrt, mm_sqrt_inv, ss_state, mm_state, window_idx, rng_key = state
@@ -128,16 +142,18 @@ def shrinkage_warmup_adapter(num_adapt_steps, find_reasonable_step_size=None, ad
 
 
 @contextlib.contextmanager
-def use_adapter(shrinkage: float):
+def use_adapter(shrinkage: float, target: str = "previous", initial=None):
     """Within the block, NumPyro kernels initialised (``init``) adapt with ``shrinkage_warmup_adapter``
-    (``shrinkage`` pseudo-draws per dimension); ``shrinkage = 0`` leaves NumPyro's adapter in place."""
+    (``shrinkage`` pseudo-draws per dimension towards ``target``; ``initial``: the starting inverse mass matrix);
+    ``shrinkage = 0`` leaves NumPyro's adapter in place."""
     if not shrinkage:
         yield
         return
     from numpyro.infer import hmc
 
     original = hmc.warmup_adapter
-    hmc.warmup_adapter = partial(shrinkage_warmup_adapter, shrinkage=float(shrinkage))
+    hmc.warmup_adapter = partial(shrinkage_warmup_adapter, shrinkage=float(shrinkage), target=target,
+                                 initial=None if initial is None else jnp.asarray(initial))
     try:
         yield
     finally:

@@ -36,6 +36,7 @@ class SamplerSettings:
     map_spread: float = 2.0  # starts at median + map_spread x (prior draw - median), on the unconstrained scale
     metric_init: str = "identity"  # identity | laplace (inverse Hessian at the MAP; with init median: identity)
     metric_shrinkage: float = 0.0  # dense warmup windows: pseudo-draws per dimension towards the previous metric
+    metric_shrinkage_target: str = "previous"  # previous (window before) | initial (the warmup's starting metric)
     chain_method: str = "auto"
     seed: int = 20261125
     progress: bool = True
@@ -61,6 +62,9 @@ class SamplerSettings:
             problems.append(f"sampler.metric_init must be 'identity' or 'laplace' (got {self.metric_init!r})")
         if not 0.0 <= self.metric_shrinkage <= 100.0:
             problems.append(f"sampler.metric_shrinkage must be in [0, 100] (got {self.metric_shrinkage})")
+        if self.metric_shrinkage_target not in ("previous", "initial"):
+            problems.append("sampler.metric_shrinkage_target must be 'previous' or 'initial' (got "
+                            f"{self.metric_shrinkage_target!r})")
         if self.chain_method not in CHAIN_METHODS:
             problems.append(f"sampler.chain_method must be one of {CHAIN_METHODS} (got {self.chain_method!r})")
         if self.checkpoint_every < 0:
@@ -425,7 +429,7 @@ def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrid
     strategy = _init_strategy(init)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
               max_tree_depth=settings.max_tree_depth, init_strategy=strategy, forward_mode_differentiation=fwd,
-              metric_shrinkage=settings.metric_shrinkage)
+              metric_shrinkage=settings.metric_shrinkage, metric_shrinkage_target=settings.metric_shrinkage_target)
     kw.update(overrides)
     if hasattr(builder, "sample_latents"):
         return _latent_init_nuts()(builder, **kw)
@@ -452,12 +456,15 @@ def _nuts():
         """NumPyro's NUTS; with ``metric_shrinkage > 0`` its warmup adapts a dense metric with
         ``adaptation.shrinkage_warmup_adapter`` (window estimates shrunk towards the previous metric)."""
 
-        def __init__(self, model=None, *, metric_shrinkage: float = 0.0, **kw):
+        def __init__(self, model=None, *, metric_shrinkage: float = 0.0, metric_shrinkage_target: str = "previous",
+                     **kw):
             super().__init__(model, **kw)
             self._metric_shrinkage = float(metric_shrinkage)
+            self._metric_shrinkage_target = metric_shrinkage_target
 
         def init(self, *args, **kwargs):
-            with use_adapter(self._metric_shrinkage):  # NumPyro builds its adapter in init
+            # NumPyro builds its adapter in init; "initial" shrinks towards the metric the warmup starts from
+            with use_adapter(self._metric_shrinkage, self._metric_shrinkage_target, self._inverse_mass_matrix):
                 return super().init(*args, **kwargs)
 
     _NUTS = _NUTSWithShrinkage
