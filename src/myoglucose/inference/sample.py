@@ -260,7 +260,8 @@ def spread_priors(builder) -> dict[str, float]:
     return out
 
 
-def lift_collapsed_spreads(builder, x: np.ndarray, pot, steps: int, log: Callable[[str], None] = print) -> tuple[np.ndarray, float | None]:
+def lift_collapsed_spreads(builder, x: np.ndarray, pot, steps: int,
+                           log: Callable[[str], None] = print) -> tuple[np.ndarray, float | None]:
     """Move an optimum whose hierarchical spreads collapsed out of the funnel's neck.
 
     The joint MAP of a hierarchy is degenerate where a spread can shrink to zero: with centred group values (basal
@@ -423,8 +424,8 @@ def _stderr(msg: str) -> None:
 
 def make_kernel(builder, settings: SamplerSettings, init: dict | None, **overrides):
     """The NUTS kernel of a fit (``overrides`` go to ``numpyro.infer.NUTS``, e.g. a fixed step size in tests).
-    For a ``ModelBuilder`` it is ``_LatentInitNUTS`` (the same sampler, a start-up without eager model runs)."""
-
+    For a ``ModelBuilder`` it is ``_LatentInitNUTS`` (the same sampler, a start-up without eager model runs);
+    otherwise NumPyro's NUTS with the shrunk warmup windows of ``sampler.metric_shrinkage``."""
     fwd = builder.solver.adjoint == "forward"
     strategy = _init_strategy(init)
     kw = dict(target_accept_prob=settings.target_accept, dense_mass=settings.dense_mass,
