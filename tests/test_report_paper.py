@@ -164,6 +164,26 @@ def test_methods_paragraph_has_every_item_of_the_issue():
     assert "(stability costs few steps)" in text
 
 
+def test_methods_paragraph_names_the_warmup_metric_once_per_setting():
+    """The MAP start, the Laplace metric and the shrunk warm-up windows each appear once, as configured; no stray
+    ``initialisation:`` clause for a MAP start; the prior-median start is named whatever the shrinkage."""
+    attrs = dict(make_posterior_tree().attrs)
+    base = {"chains": 4, "warmup": 300, "draws": 250, "dense_mass": True}
+    text = methods_paragraph(attrs, dict(base, init="map", map_starts=8, metric_init="laplace", metric_shrinkage=1.0))
+    assert "chains initialised at multi-start MAP estimates from 8 optimisation starts" in text
+    assert "inverse Hessian of the log posterior at the MAP" in text
+    assert "shrunk towards the principal axes of the previous metric (1 pseudo-draws per dimension)" in text
+    assert "initialisation:" not in text
+    text = methods_paragraph(attrs, dict(base, init="map", metric_shrinkage=0.0))
+    assert "shrunk" not in text and "initialisation:" not in text
+    text = methods_paragraph(attrs, dict(base, init="median", metric_shrinkage=2.0,
+                                         metric_shrinkage_target="initial"))
+    assert "chains initialised at the prior medians" in text
+    assert "principal axes of the warm-up's starting metric (2 pseudo-draws per dimension)" in text
+    text = methods_paragraph(attrs, dict(base, dense_mass=False, init="median", metric_shrinkage=1.0))
+    assert "shrunk" not in text  # a diagonal metric is not shrunk
+
+
 def test_provenance_markdown_lists_full_checksums():
     attrs = dict(make_posterior_tree().attrs)
     attrs["package_versions"] = json.dumps({"jax": "0.12.0", "numpyro": "0.22.0"})

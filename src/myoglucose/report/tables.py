@@ -620,14 +620,16 @@ def methods_paragraph(
         if settings.get("metric_init", "identity") == "laplace":
             detail.append("warm-up mass matrix started at the inverse Hessian of the log posterior at the MAP "
                           "(Laplace approximation)")
-    shrink = float(settings.get("metric_shrinkage") or 0.0)
-    if shrink > 0 and dense not in (False, "diagonal"):
-        detail.append(f"each warm-up window's dense covariance estimate shrunk towards the previous metric's principal "
-                      f"axes ({shrink:g} pseudo-draws per dimension)")
     elif init == "median":
         detail.append("chains initialised at the prior medians")
     elif init:
         detail.append(f"initialisation: {init}")
+    shrink = float(settings.get("metric_shrinkage") or 0.0)
+    if shrink > 0 and dense not in (False, "diagonal"):
+        towards = ("the warm-up's starting metric" if settings.get("metric_shrinkage_target") == "initial"
+                   else "the previous metric")
+        detail.append(f"each warm-up window's dense covariance estimate shrunk towards the principal axes of {towards} "
+                      f"({shrink:g} pseudo-draws per dimension)")
     sentences.append(nuts + (f" ({'; '.join(detail)})" if detail else "") + ".")
     if settings.get("max_samples") and settings.get("first_round"):
         rounds = [int(r["draws_per_chain"]) for r in settings.get("rounds") or []]
