@@ -204,3 +204,35 @@ def test_shrinking_towards_the_initial_metric():
     k = make_kernel(builder, SamplerSettings(metric_shrinkage=1.0, metric_shrinkage_target="initial", init="median"),
                     None)
     assert k._metric_shrinkage_target == "initial"
+
+
+def _wide_gauss_model(a=None, y=None):
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(40), covariance_matrix=jnp.asarray(_covariance(40, seed=4))))
+
+
+@pytest.mark.parametrize("target", ["previous", "initial"])
+def test_vectorised_chains_adapt_with_shrinkage(target):
+    """Vectorised chains (``chain_method: vectorized``, the GPU's) build the adapter once in ``init`` and ``vmap`` it.
+    A 40-dimensional posterior, 40 warmup iterations (one slow window of 30 draws): with NumPyro's estimate each chain's
+    metric has at least 10 near-singular directions; shrunk, none. Exact draws are not compared with chains run one
+    by one: batched and single linear algebra round differently and the warmup amplifies it (NumPyro's own adapter
+    ends up to 4e-3 apart at the first draw)."""
+    builder = types.SimpleNamespace(model=_wide_gauss_model, solver=types.SimpleNamespace(adjoint="reverse"))
+    Li = np.linalg.inv(np.linalg.cholesky(_covariance(40, seed=4)))
+    lowest = {}
+    for s in (0.0, 1.0):
+        settings = SamplerSettings(chains=2, warmup=40, samples=1, init="median", seed=5, progress=False,
+                                   checkpoint_every=0, chain_method="vectorized", metric_shrinkage=s,
+                                   metric_shrinkage_target=target, max_tree_depth=8)
+        # the fit's kernel under NumPyro's vectorised chains: like sample_chains, one init with a key per chain
+        mcmc = MCMC(make_kernel(builder, settings, None), num_warmup=40, num_samples=1, num_chains=2,
+                    chain_method="vectorized", progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(5))
+        metrics = np.asarray(mcmc.last_state.adapt_state.inverse_mass_matrix[("x",)])  # [chain, 40, 40]
+        assert metrics.shape == (2, 40, 40)
+        lowest[s] = [np.linalg.eigvalsh(Li @ M @ Li.T) for M in metrics]  # metric / posterior variance
+    print(target, "smallest metric / posterior variance ratios per chain: NumPyro",
+          [f"{r.min():.1e}" for r in lowest[0.0]], "shrunk", [f"{r.min():.2f}" for r in lowest[1.0]])
+    for stock, shrunk in zip(lowest[0.0], lowest[1.0]):
+        assert np.sum(stock < 0.05) >= 10
+        assert shrunk.min() > 0.02  # 0.07-0.10 measured; NumPyro 2e-4
