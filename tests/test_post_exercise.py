@@ -148,6 +148,49 @@ def test_failed_solves_are_masked_and_counted(problem, monkeypatch):
     assert np.isfinite(ds["ratio"].values[:, 1:, :]).all() and np.allclose(ds["ratio"].values[:, 1:, :], 1.0)
 
 
+def test_auto_solves_explicitly_and_re_solves_failed_draws_implicitly(problem, pred, monkeypatch):
+    """``solver.name: auto``: the clamps run the explicit Tsit5 at 1 % of the config's tolerances; they agree with the
+    implicit Kvaerno5 of the ``pred`` fixture (config tolerances, 1e-6) to 1e-5 relative. A draw whose explicit solve
+    failed (here one solve of draw 1 is flagged failed after a real solve) is solved again with Kvaerno5 at the
+    config's tolerances: it equals the fixture's Kvaerno5 result, and the attributes say so."""
+    from myoglucose import prediction
+    from myoglucose.model.simulate import SolverSettings
+
+    _, data, builder = problem
+    real = prediction._steady_gir_batch
+    B = len(GROUPS) * (len(DELAYS) + 1)
+
+    def flag_one(settings, active):
+        run = real(settings, active)
+        if settings.name != "Tsit5":
+            return run
+        assert (settings.rtol, settings.atol) == (1e-8, 1e-8)
+
+        def flagged(p, u, ts, t1):  # all 3 draws x B solves in one call; solve 2 of draw 1 "failed"
+            m, ok = run(p, u, ts, t1)
+            return m, ok.at[B + 2].set(False)
+        return flagged
+
+    monkeypatch.setattr(prediction, "_steady_gir_batch", flag_one)
+    tree = near_nominal_posterior(builder)
+    pop, grp, idx = prediction.posterior_parameter_draws(tree, builder, 3)
+    msgs = []
+    ds = prediction.post_exercise_dataset(builder, data, pop, grp, idx, SolverSettings(name="auto", rtol=1e-6,
+                                                                                       atol=1e-6),
+                                          {"delays_h": DELAYS}, log=msgs.append)
+    ref = pred["post_exercise"].to_dataset()
+    print(ds.attrs["solver"], msgs)
+    assert ds.attrs["solver"].startswith("Tsit5 (rtol 1e-08, atol 1e-08); Kvaerno5 (rtol 1e-06) re-solved 1 draw")
+    assert any("1 explicit solve(s) failed in 1 draw(s)" in m for m in msgs)
+    assert ds.attrs["n_failed"] == 0 and ds["ok"].values.all()
+    np.testing.assert_allclose(ds["gir"].values[1], ref["gir"].values[1], rtol=1e-12)  # Kvaerno5, as the fixture
+    np.testing.assert_allclose(ds["gir_control"].values[1], ref["gir_control"].values[1], rtol=1e-12)
+    for d in (0, 2):  # Tsit5 at 1e-8 against Kvaerno5 at 1e-6
+        rel = np.abs(ds["gir"].values[d] / ref["gir"].values[d] - 1.0)
+        print(f"draw {d}: Tsit5 vs Kvaerno5, largest relative difference {rel.max():.1e}")
+        assert rel.max() < 1e-5 and rel.max() > 0.0
+
+
 def test_protocols_are_built_with_the_protocol_machinery():
     from myoglucose.model.protocol import n_breakpoints
     from myoglucose.prediction import post_exercise_protocols
