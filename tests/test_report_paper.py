@@ -172,7 +172,7 @@ def test_methods_paragraph_names_the_warmup_metric_once_per_setting():
     text = methods_paragraph(attrs, dict(base, init="map", map_starts=8, metric_init="laplace", metric_shrinkage=1.0))
     assert "chains initialised at multi-start MAP estimates from 8 optimisation starts" in text
     assert "inverse Hessian of the log posterior at the MAP" in text
-    assert "shrunk towards the principal axes of the previous metric (1 pseudo-draws per dimension)" in text
+    assert "shrunk towards the principal axes of the previous metric (1 pseudo-draw per dimension)" in text
     assert "initialisation:" not in text
     text = methods_paragraph(attrs, dict(base, init="map", metric_shrinkage=0.0))
     assert "shrunk" not in text and "initialisation:" not in text

@@ -629,7 +629,7 @@ def methods_paragraph(
         towards = ("the warm-up's starting metric" if settings.get("metric_shrinkage_target") == "initial"
                    else "the previous metric")
         detail.append(f"each warm-up window's dense covariance estimate shrunk towards the principal axes of {towards} "
-                      f"({shrink:g} pseudo-draws per dimension)")
+                      f"({shrink:g} pseudo-draw{'' if shrink == 1 else 's'} per dimension)")
     sentences.append(nuts + (f" ({'; '.join(detail)})" if detail else "") + ".")
     if settings.get("max_samples") and settings.get("first_round"):
         rounds = [int(r["draws_per_chain"]) for r in settings.get("rounds") or []]
