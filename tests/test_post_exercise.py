@@ -149,7 +149,8 @@ def test_failed_solves_are_masked_and_counted(problem, monkeypatch):
 
 
 def test_auto_solves_explicitly_and_re_solves_failed_draws_implicitly(problem, pred, monkeypatch):
-    """``solver.name: auto``: the clamps run the explicit Tsit5 at 1 % of the config's tolerances; they agree with the
+    """``solver.name: auto`` after a fit that chose Tsit5: the clamps run the explicit Tsit5 at 1 % of the config's
+    tolerances; they agree with the
     implicit Kvaerno5 of the ``pred`` fixture (config tolerances, 1e-6) to 1e-5 relative. A draw whose explicit solve
     failed (here one solve of draw 1 is flagged failed after a real solve) is solved again with Kvaerno5 at the
     config's tolerances: it equals the fixture's Kvaerno5 result, and the attributes say so."""
@@ -175,9 +176,9 @@ def test_auto_solves_explicitly_and_re_solves_failed_draws_implicitly(problem, p
     tree = near_nominal_posterior(builder)
     pop, grp, idx = prediction.posterior_parameter_draws(tree, builder, 3)
     msgs = []
-    ds = prediction.post_exercise_dataset(builder, data, pop, grp, idx, SolverSettings(name="auto", rtol=1e-6,
-                                                                                       atol=1e-6),
-                                          {"delays_h": DELAYS}, log=msgs.append)
+    auto = SolverSettings(name="auto", rtol=1e-6, atol=1e-6)
+    ds = prediction.post_exercise_dataset(builder, data, pop, grp, idx, auto, {"delays_h": DELAYS}, log=msgs.append,
+                                          fit_solver="Tsit5")
     ref = pred["post_exercise"].to_dataset()
     print(ds.attrs["solver"], msgs)
     assert ds.attrs["solver"].startswith("Tsit5 (rtol 1e-08, atol 1e-08); Kvaerno5 (rtol 1e-06) re-solved 1 draw")
@@ -189,6 +190,26 @@ def test_auto_solves_explicitly_and_re_solves_failed_draws_implicitly(problem, p
         rel = np.abs(ds["gir"].values[d] / ref["gir"].values[d] - 1.0)
         print(f"draw {d}: Tsit5 vs Kvaerno5, largest relative difference {rel.max():.1e}")
         assert rel.max() < 1e-5 and rel.max() > 0.0
+
+
+def test_scenario_solver_follows_the_config_and_the_fits_stiffness_probe():
+    """A named solver is used as is; ``auto`` runs Tsit5 at 1 % of the tolerances (Kvaerno5 for failed draws) only
+    after a fit whose probe found its conditions non-stiff, else Kvaerno5 (a stiff fit's scenarios would make the
+    explicit solver run out of steps)."""
+    from myoglucose.model.simulate import SolverSettings
+    from myoglucose.prediction import _scenario_solvers, post_exercise_protocols
+
+    prots, control = post_exercise_protocols([0, 24])
+    auto = SolverSettings(name="auto", rtol=1e-6, atol=1e-7, max_steps=100)
+    first, fb = _scenario_solvers(auto, [*prots, control], "Tsit5")
+    assert (first.name, first.rtol, first.atol, fb.name, fb.rtol, fb.atol) == ("Tsit5", 1e-8, 1e-9, "Kvaerno5", 1e-6,
+                                                                                1e-7)
+    assert first.max_steps == fb.max_steps > 100 and first.adjoint == "reverse"
+    for fit_solver in ("Kvaerno5", None):
+        first, fb = _scenario_solvers(auto, prots, fit_solver)
+        assert (first.name, first.rtol, fb) == ("Kvaerno5", 1e-6, None)
+    first, fb = _scenario_solvers(SolverSettings(name="Kvaerno3", rtol=1e-5, atol=1e-5), prots, "Tsit5")
+    assert (first.name, first.rtol, fb) == ("Kvaerno3", 1e-5, None)
 
 
 def test_protocols_are_built_with_the_protocol_machinery():

@@ -228,41 +228,39 @@ def post_exercise_protocols(delays_h, intensity: float = 0.70, exercise_min: flo
     return prots, control
 
 
-#: With ``solver.name: auto`` the scenario and post-exercise simulations run the explicit Tsit5 at this fraction of
-#: the config's tolerances, and re-solve any draw whose explicit solve failed (a stiff draw runs out of steps) with the
-#: implicit Kvaerno5 at the config's tolerances. Measured on full Katz FSIVGTT (3 groups, 40 draws, session 16):
-#: Tsit5 at 1e-8 was 6e-6 relative from Kvaerno5 at 1e-10 on every scenario curve, Kvaerno5 at the config's 1e-6
-#: 7e-5 away, and the scenarios and post-exercise clamps took 21 s against 54 s (docs/performance.md section 7b).
+#: With ``solver.name: auto``, when the fit's own stiffness probe chose the explicit solver, the scenario and
+#: post-exercise simulations run the explicit Tsit5 at this fraction of the config's tolerances, and re-solve any draw
+#: whose explicit solve failed (a draw stiffer than the probe saw runs out of steps) with the implicit Kvaerno5 at the
+#: config's tolerances. Measured on full Katz FSIVGTT (3 groups, 40 draws, session 16): Tsit5 at 1e-8 was 6e-6
+#: relative from Kvaerno5 at 1e-10 on every scenario curve, Kvaerno5 at the config's 1e-6 7e-5 away, and the
+#: scenarios and post-exercise clamps took 21 s against 54 s (docs/performance.md section 7b).
 SCENARIO_EXPLICIT_TOL = 0.01
 
 
-def _scenario_settings(settings: SolverSettings, prots: list[Protocol]) -> SolverSettings:
-    """The solver settings of scenario simulations: the config's solver (``auto``: the explicit Tsit5 at
-    ``SCENARIO_EXPLICIT_TOL`` times the config's tolerances, see ``_scenario_fallback``), a step budget that grows
-    with the protocol's length and number of events, no gradients (reverse adjoint, never differentiated)."""
-    from .model.stiffness import EXPLICIT
+def _scenario_solvers(settings: SolverSettings, prots: list[Protocol],
+                      fit_solver: str | None) -> tuple[SolverSettings, SolverSettings | None]:
+    """The solver settings of scenario simulations and of their fallback for failed draws (None: none).
+
+    A solver named in the config is used as is, without fallback. ``auto``: when the fit's stiffness probe chose an
+    explicit solver (``fit_solver``, the posterior's ``solver`` attribute), the explicit Tsit5 at
+    ``SCENARIO_EXPLICIT_TOL`` times the config's tolerances with Kvaerno5 at the config's tolerances as the fallback;
+    otherwise (the fit's conditions were stiff, or unknown) Kvaerno5 at the config's tolerances. Every setting has a
+    step budget that grows with the protocol's length and number of events, and no gradients (reverse adjoint, never
+    differentiated)."""
+    from .model.stiffness import EXPLICIT, IMPLICIT
+
+    steps = max(settings.max_steps, *(int(200 + pr.end / 5.0 + 400 * len(pr.segments)) for pr in prots))
+
+    def make(name: str, factor: float = 1.0) -> SolverSettings:
+        return SolverSettings(name=name, rtol=max(settings.rtol * factor, 1e-12),
+                              atol=max(settings.atol * factor, 1e-12), max_steps=steps, adjoint="reverse",
+                              dt0=settings.dt0)
 
     if settings.name != "auto":
-        return SolverSettings(name=settings.name, rtol=settings.rtol, atol=settings.atol,
-                              max_steps=_scenario_steps(settings, prots), adjoint="reverse", dt0=settings.dt0)
-    return SolverSettings(name=EXPLICIT, rtol=max(settings.rtol * SCENARIO_EXPLICIT_TOL, 1e-12),
-                          atol=max(settings.atol * SCENARIO_EXPLICIT_TOL, 1e-12),
-                          max_steps=_scenario_steps(settings, prots), adjoint="reverse", dt0=settings.dt0)
-
-
-def _scenario_steps(settings: SolverSettings, prots: list[Protocol]) -> int:
-    return max(settings.max_steps, *(int(200 + pr.end / 5.0 + 400 * len(pr.segments)) for pr in prots))
-
-
-def _scenario_fallback(settings: SolverSettings, prots: list[Protocol]) -> SolverSettings | None:
-    """With ``solver.name: auto``: the implicit Kvaerno5 at the config's tolerances, for the draws whose explicit
-    scenario solve failed; None when the config names a solver (its failures stay failures)."""
-    from .model.stiffness import IMPLICIT
-
-    if settings.name != "auto":
-        return None
-    return SolverSettings(name=IMPLICIT, rtol=settings.rtol, atol=settings.atol,
-                          max_steps=_scenario_steps(settings, prots), adjoint="reverse", dt0=settings.dt0)
+        return make(settings.name), None
+    if fit_solver in ("Tsit5", "Dopri5"):
+        return make(EXPLICIT, SCENARIO_EXPLICIT_TOL), make(IMPLICIT)
+    return make(IMPLICIT), None
 
 
 def _solver_label(first: SolverSettings, fallback: SolverSettings | None, redone: int) -> str:
@@ -305,7 +303,8 @@ def _steady_gir_batch(settings: SolverSettings, active):
 
 
 def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray, settings: SolverSettings,
-                          post_exercise: dict | None = None, log: Callable[[str], None] = print) -> xr.Dataset:
+                          post_exercise: dict | None = None, log: Callable[[str], None] = print,
+                          fit_solver: str | None = None) -> xr.Dataset:
     """Steady-state GIR of a euglycemic clamp at each delay after one exercise bout, and of the same clamp without
     exercise, for each posterior draw and group (``post_exercise_protocols``; settings: ``post_exercise_settings``).
 
@@ -313,7 +312,8 @@ def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray
     ``posterior_parameter_draws``), ``draws`` their draw index (the ``draw`` coordinate). Each group gets its own
     covariates (body weight and surface area of its first condition) and its own insulin kinetics. All groups x
     (delays + control) are solved in one batch per draw, by one compiled program (protocols padded to a common
-    number of breakpoints). A failed solve gives NaN and ``ok = False``; it never raises."""
+    number of breakpoints). A failed solve gives NaN and ``ok = False``; it never raises. ``settings`` and
+    ``fit_solver`` (the solver the fit chose) pick the solver as for the scenarios (``_scenario_solvers``)."""
     import jax
     import jax.numpy as jnp
 
@@ -335,7 +335,7 @@ def post_exercise_dataset(builder, data, pop: dict, grp: dict, draws: np.ndarray
     ub = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *us)
     tsb, t1b = jnp.asarray(np.stack(ts)), jnp.asarray(np.asarray(t1))
     gidx = jnp.asarray(np.repeat(np.arange(G), P))
-    ssettings, fsettings = _scenario_settings(settings, allp), _scenario_fallback(settings, allp)
+    ssettings, fsettings = _scenario_solvers(settings, allp, fit_solver)
     active = active_states(allp, True)
     nd = len(draws)
     (m, o), redone = _over_draws_with_fallback(
@@ -436,7 +436,7 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
         prots = [load_protocol(repo_root / s if not Path(s).is_absolute() else s) for s in scenarios]
         K = max(n_breakpoints(pr) for pr in prots)
         Ts = 241
-        ssettings, fsettings = _scenario_settings(settings, prots), _scenario_fallback(settings, prots)
+        ssettings, fsettings = _scenario_solvers(settings, prots, tree.attrs.get("solver"))
         sactive = active_states(prots + [p for p in data.protocols.values()], True)
         run_s = _solve_batch_with_slow(ssettings, sactive)
         run_f = fsettings and _solve_batch_with_slow(fsettings, sactive)
@@ -481,7 +481,7 @@ def predictive_tree(tree, tidy_dir: Path, model_dir: Path, scenarios: list[Path]
     if pe["enabled"]:
         children["post_exercise"] = xr.DataTree(post_exercise_dataset(
             builder, data, {k: v[sidx] for k, v in pop.items()}, {k: v[sidx] for k, v in grp.items()}, idx[sidx],
-            settings, pe, log=log))
+            settings, pe, log=log, fit_solver=tree.attrs.get("solver")))
     root = xr.DataTree(children=children)
     root.attrs.update({k: v for k, v in tree.attrs.items()})
     return root
