@@ -39,6 +39,26 @@ def test_save_figure_is_reproducible_and_keeps_dotted_stems(tmp_path):
     assert b.read_bytes() == first
 
 
+def test_constrained_layout_runs_once_and_is_restored(tmp_path, monkeypatch):
+    """The layout engine lays the figure out for the first format; the other formats keep those positions (one
+    layout instead of three), and the figure keeps its engine afterwards, also when a write fails."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    fig = Figure(figsize=(3, 2), layout="constrained")
+    axes = fig.subplots(2, 2)
+    for ax in axes.flat:
+        ax.set_ylabel("a long label [unit]")
+    engine = fig.get_layout_engine()
+    calls = []
+    real = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", lambda self, f: calls.append(1) or real(self, f))
+    save_figure(fig, tmp_path / "f", dpi=50)
+    assert len(calls) == 1 and fig.get_layout_engine() is engine
+    with pytest.raises(ValueError):
+        save_figure(fig, tmp_path / "g", formats=("svg", "nosuchformat"))
+    assert fig.get_layout_engine() is engine
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         save_figure(_small_figure(), tmp_path / "x", formats=("nosuchformat",))

@@ -53,17 +53,28 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
 def save_figure(
     fig: Figure, stem: Path | str, formats: Iterable[str] = ("svg", "pdf", "png"), dpi: int = 300
 ) -> list[Path]:
-    """Save ``fig`` as ``<stem>.<fmt>`` for each format; returns the written paths."""
+    """Save ``fig`` as ``<stem>.<fmt>`` for each format; returns the written paths.
+
+    The figure's layout engine (constrained layout) runs for the first format only; the later formats reuse the
+    positions it found (the engine is restored afterwards). Laying out a figure of many panels costs more than
+    rendering it (the pairs figure of 91 panels), and the positions do not depend on the output format."""
     stem = Path(stem)
     written = []
-    for fmt in formats:
-        fmt = fmt.lower().lstrip(".")
+    engine = fig.get_layout_engine()
+    try:
+        for i, fmt in enumerate(formats):
+            fmt = fmt.lower().lstrip(".")
 
-        def write(tmp: str, fmt: str = fmt) -> None:
-            with matplotlib.rc_context({"svg.hashsalt": "myoglucose"}):
-                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA.get(fmt))
+            def write(tmp: str, fmt: str = fmt) -> None:
+                with matplotlib.rc_context({"svg.hashsalt": "myoglucose"}):
+                    fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA.get(fmt))
 
-        written.append(atomic_write(_target(stem, fmt), write))
+            written.append(atomic_write(_target(stem, fmt), write))
+            if i == 0 and engine is not None:
+                fig.set_layout_engine("none")
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
     return written
 
 
