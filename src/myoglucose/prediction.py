@@ -247,6 +247,7 @@ def _scenario_solvers(settings: SolverSettings, prots: list[Protocol],
     otherwise (the fit's conditions were stiff, or unknown) Kvaerno5 at the config's tolerances. Every setting has a
     step budget that grows with the protocol's length and number of events, and no gradients (reverse adjoint, never
     differentiated)."""
+    from .model.simulate import EXPLICIT_SOLVERS
     from .model.stiffness import EXPLICIT, IMPLICIT
 
     steps = max(settings.max_steps, *(int(200 + pr.end / 5.0 + 400 * len(pr.segments)) for pr in prots))
@@ -258,7 +259,7 @@ def _scenario_solvers(settings: SolverSettings, prots: list[Protocol],
 
     if settings.name != "auto":
         return make(settings.name), None
-    if fit_solver in ("Tsit5", "Dopri5"):
+    if fit_solver in EXPLICIT_SOLVERS:
         return make(EXPLICIT, SCENARIO_EXPLICIT_TOL), make(IMPLICIT)
     return make(IMPLICIT), None
 
