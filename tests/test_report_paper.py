@@ -162,6 +162,13 @@ def test_methods_paragraph_has_every_item_of_the_issue():
     text = methods_paragraph(auto, {})
     assert "Tsit5 solver" in text and "chosen automatically from a stiffness probe" in text
     assert "(stability costs few steps)" in text
+    rev = dict(auto, adjoint="reverse", adjoint_requested="auto", adjoint_choice="6 estimated ODE parameters")
+    text = methods_paragraph(rev, {})
+    assert "Gradients of the log density used reverse-mode differentiation through the solver (recursive " \
+           "checkpointing), chosen automatically (6 estimated ODE parameters)." in text
+    text = methods_paragraph(dict(auto, adjoint="sensitivity"), {})  # a mode set by name: no reason given
+    assert "used forward sensitivities of the estimated ODE parameters inside a custom vector-Jacobian product." \
+           in text
 
 
 def test_methods_paragraph_names_the_warmup_metric_once_per_setting():

@@ -275,6 +275,8 @@ def fit(
                    "not_informed_parameters": ",".join(problem[2].not_informed),
                    "solver_requested": job.solver.get("name", "auto"),
                    "solver_choice": json.dumps(problem[2].stiffness.as_dict()) if problem[2].stiffness else "",
+                   "adjoint": problem[2].solver.adjoint, "adjoint_requested": job.solver.get("adjoint", "auto"),
+                   "adjoint_choice": problem[2].adjoint_choice,
                    "rtol": problem[2].solver.rtol, "atol": problem[2].solver.atol,
                    "backend": info["backend"], "active_states": list(problem[1].active),
                    "sampler_settings": dataclasses_asdict(settings)},

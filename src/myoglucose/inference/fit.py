@@ -176,8 +176,11 @@ def run_fit(job: FitJob, log: Callable[[str], None] = print) -> tuple[dict, dict
         rep = builder.stiffness.as_dict()
         log(f"solver auto -> {builder.solver.name}: largest Jacobian spectral radius {rep['rho_max_per_min']:.3g}/min "
             f"over {rep['horizon_min']:.0f} min ({rep['reason']})")
-        # chain workers take the measured choice instead of probing again
-        job = dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name})
+    if builder.adjoint_choice:
+        log(f"gradients auto -> {builder.solver.adjoint}: {builder.adjoint_choice}")
+    # chain workers take the measured choices instead of probing again
+    job = dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name,
+                                           "adjoint": builder.solver.adjoint})
     method = settings.resolved_chain_method(info["backend"])
     limit = settings.sample_limit
     scratch = None  # a fit that may be extended continues its chains from checkpoints: a temporary folder if none

@@ -36,7 +36,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from ..model.equations import INSULIN_KINETIC_PARAMS
-from ..model.simulate import SolverSettings, observables, solve
+from ..model.simulate import SolverSettings, choose_adjoint, observables, solve
 from ..model.spec import ModelSpec
 from .arrays import FitArrays, FitData
 
@@ -103,6 +103,8 @@ class ModelBuilder:
         if solver.name == "auto":
             self.stiffness = self._probe_stiffness()
             self.solver = dataclasses.replace(solver, name=self.stiffness.chosen)
+        #: why the gradient mode was chosen, when ``solver.adjoint`` was ``auto`` (else "")
+        self.solver, self.adjoint_choice = choose_adjoint(self.solver, len(self.estimated))
 
     def _probe_stiffness(self, draws: int = 8, seed: int = 0):
         """Measure the stiffness of every condition at the nominal parameters and ``draws`` prior draws (fixed seed,
@@ -228,11 +230,13 @@ class ModelBuilder:
     def predict_means(self, p: dict, a: FitArrays):
         """Predicted observable means at every measurement, per-condition solve success, solver steps.
 
-        With ``solver.adjoint == "sensitivity"`` (the default) the ODE block is a custom-VJP function whose forward
-        pass integrates the model together with its forward sensitivities with respect to the *estimated* parameters
-        of each condition only (a handful of tangents per condition, like CVODES forward sensitivities in Stan), and
+        With ``solver.adjoint == "sensitivity"`` the ODE block is a custom-VJP function whose forward pass
+        integrates the model together with its forward sensitivities with respect to the *estimated* parameters of
+        each condition only (a handful of tangents per condition, like CVODES forward sensitivities in Stan), and
         whose backward pass is a product with that Jacobian. The rest of the log density is reverse-mode, so the cost
-        of a gradient does not grow with the number of latent dimensions of the hierarchy.
+        of a gradient does not grow with the number of latent dimensions of the hierarchy. With ``reverse`` the
+        whole solve is differentiated in reverse mode (recursive checkpointing), whose cost does not grow with the
+        number of estimated parameters either; ``auto`` chooses between the two (``model.simulate.choose_adjoint``).
         """
         settings = self.solver
         names = self.data.observables

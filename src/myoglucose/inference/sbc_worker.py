@@ -9,7 +9,7 @@ from typing import Callable
 
 def resolve_solver(job, log: Callable[[str], None]):
     """Measure the stiffness of the template's conditions once (``solver.name: auto``) and return the job with the
-    chosen solver, so worker processes do not probe again."""
+    chosen solver and gradient mode, so worker processes do not probe again."""
     from .fit import load_problem
 
     _, _, builder = load_problem(job)
@@ -17,8 +17,10 @@ def resolve_solver(job, log: Callable[[str], None]):
         rep = builder.stiffness.as_dict()
         log(f"solver auto -> {builder.solver.name}: largest Jacobian spectral radius {rep['rho_max_per_min']:.3g}/min"
             f" over {rep['horizon_min']:.0f} min ({rep['reason']})")
-        job = dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name})
-    return job
+    if builder.adjoint_choice:
+        log(f"gradients auto -> {builder.solver.adjoint}: {builder.adjoint_choice}")
+    return dataclasses.replace(job, solver={**job.solver, "name": builder.solver.name,
+                                            "adjoint": builder.solver.adjoint})
 
 
 def sbc_worker(args) -> list:

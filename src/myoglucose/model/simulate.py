@@ -58,6 +58,32 @@ SOLVERS = {**IMPLICIT_SOLVERS, **EXPLICIT_SOLVERS}
 # "auto": a fit measures the stiffness of its conditions (model/stiffness.py) and picks Tsit5 or Kvaerno5; anywhere
 # the choice has not been made (scenario simulations, behaviours) it means the implicit Kvaerno5.
 SOLVER_NAMES = ("auto", *SOLVERS)
+ADJOINTS = ("auto", "sensitivity", "reverse", "forward")
+# ``adjoint: auto``: reverse mode through an explicit solver once a condition has this many estimated ODE parameters.
+# Each forward sensitivity costs about one more primal solve (the tangents do not share the work: the vector field's
+# arithmetic, not per-step overhead, is the cost), while one reverse pass costs 3-4 solves whatever their number;
+# measured on all 14 bundled fits with Tsit5 (docs/performance.md section 3): at 6 parameters reverse was 1.4-2.5x
+# faster on the 9-10-state fits and level on the 27-state ones, at 4 it was level or slower (0.67-1.2x). Through an
+# implicit solver reverse mode differentiates every Newton solve and stays far slower (research/inference.md 0b).
+REVERSE_FROM_PARAMETERS = 5
+
+
+def choose_adjoint(settings: "SolverSettings", n_parameters: int) -> tuple["SolverSettings", str]:
+    """Resolve ``adjoint: auto`` for a fit whose solver is already chosen (not ``auto``) and whose conditions each
+    have ``n_parameters`` estimated ODE parameters: the settings with the adjoint to use, and the reason. A named
+    adjoint is kept as it is (reason ``""``). Deterministic, so every chain worker makes the same choice."""
+    if settings.adjoint != "auto":
+        return settings, ""
+    if settings.name in EXPLICIT_SOLVERS and n_parameters >= REVERSE_FROM_PARAMETERS:
+        why = (f"{n_parameters} estimated ODE parameters per condition with the explicit {settings.name}: one reverse "
+               f"pass costs less than {n_parameters} forward sensitivities")
+        return dataclasses.replace(settings, adjoint="reverse"), why
+    if settings.name in EXPLICIT_SOLVERS:
+        why = (f"{n_parameters} estimated ODE parameters per condition with the explicit {settings.name}: fewer than "
+               f"{REVERSE_FROM_PARAMETERS}, so forward sensitivities cost no more than a reverse pass")
+    else:
+        why = f"the implicit {settings.name}: reverse mode would differentiate every Newton solve"
+    return dataclasses.replace(settings, adjoint="sensitivity"), why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +94,9 @@ class SolverSettings:
     rtol: float = 1e-6
     atol: float = 1e-6
     max_steps: int = 4096
-    adjoint: str = "sensitivity"  # sensitivity (forward sensitivities in a custom VJP) | reverse | forward
+    # auto (a fit resolves it: ``choose_adjoint``) | sensitivity (forward sensitivities in a custom VJP) | reverse
+    # (RecursiveCheckpointAdjoint) | forward (ForwardMode and forward-mode NUTS); a plain solve is not differentiated
+    adjoint: str = "auto"
     dt0: float = 0.05  # first step [min]
 
     def __post_init__(self):
@@ -78,8 +106,8 @@ class SolverSettings:
             raise ValueError(f"solver tolerances must be in (0, 1), got rtol={self.rtol}, atol={self.atol}")
         if self.max_steps < 16:
             raise ValueError(f"solver.max_steps must be >= 16, got {self.max_steps}")
-        if self.adjoint not in ("sensitivity", "reverse", "forward"):
-            raise ValueError(f"solver.adjoint must be 'sensitivity', 'reverse' or 'forward', got {self.adjoint!r}")
+        if self.adjoint not in ADJOINTS:
+            raise ValueError(f"solver.adjoint must be one of {list(ADJOINTS)}, got {self.adjoint!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SolverSettings":
@@ -114,8 +142,9 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
         diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4, dtmax=120.0),
         step_ts=jnp.where(u.insulin_forced > 0.5, u.ins_t, u.t_break[0]),
     )
-    adjoint = diffrax.ForwardMode() if settings.adjoint in ("forward", "sensitivity") else \
-        diffrax.RecursiveCheckpointAdjoint()
+    # reverse mode needs the checkpointed loop; any other solve (forward sensitivities, or no derivative at all) runs
+    # the plain while loop
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if settings.adjoint == "reverse" else diffrax.ForwardMode()
     term = diffrax.ODETerm(_reduced_field(active))
     starts = jnp.minimum(u.t_break, t1)
     ends = jnp.minimum(jnp.concatenate([u.t_break[1:], jnp.full((1,), jnp.inf)]), t1)

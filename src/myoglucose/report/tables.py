@@ -580,13 +580,16 @@ def methods_paragraph(
             why = f" ({choice['reason']})" if isinstance(choice, Mapping) and choice.get("reason") else ""
             sentences.append(f"The solver was chosen automatically from a stiffness probe of the data's "
                              f"conditions{why}.")
-        adjoint = solver_cfg.get("adjoint")
-        if adjoint:
+        # the mode the fit used (``auto`` resolved); fits written before it was recorded have only the config's
+        adjoint = attrs.get("adjoint") or solver_cfg.get("adjoint")
+        if adjoint and str(adjoint) != "auto":
             how = {"sensitivity": "forward sensitivities of the estimated ODE parameters inside a custom "
                                   "vector-Jacobian product",
                    "forward": "forward-mode differentiation through the solver",
                    "reverse": "reverse-mode differentiation through the solver (recursive checkpointing)"}
-            sentences.append(f"Gradients of the log density used {how.get(str(adjoint), str(adjoint))}.")
+            why = attrs.get("adjoint_choice")
+            why = f", chosen automatically ({why})" if why else ""
+            sentences.append(f"Gradients of the log density used {how.get(str(adjoint), str(adjoint))}{why}.")
 
     chains, warmup, draws = _pick(settings, "chains"), _pick(settings, "warmup"), _pick(settings, "draws")
     nuts = "Posterior samples were drawn with the No-U-Turn Sampler (NUTS) of NumPyro"
@@ -686,7 +689,9 @@ def provenance_markdown(tree_attrs: Mapping[str, Any]) -> str:
     for key, label in (("model_variant", "model variant"), ("dataset_id", "dataset"), ("git_commit", "git commit"),
                        ("seed", "seed"), ("created_utc", "fit created (UTC)"), ("backend", "JAX backend"),
                        ("solver", "solver"), ("solver_requested", "solver requested"),
-                       ("solver_choice", "solver choice"), ("rtol", "rtol"), ("atol", "atol")):
+                       ("solver_choice", "solver choice"), ("adjoint", "gradient mode"),
+                       ("adjoint_requested", "gradient mode requested"), ("adjoint_choice", "gradient mode choice"),
+                       ("rtol", "rtol"), ("atol", "atol")):
         if attrs.get(key) not in (None, ""):
             lines.append(f"- {label}: `{attrs[key]}`")
     versions = _json_attr(attrs.get("package_versions"))
