@@ -111,7 +111,7 @@ def bench_density(case: str, solvers: list[str], repeats: int, work: Path, base_
     res = {"model": model, "dataset": dataset, "conditions": len(data.conditions),
            "measurements": int(arrays.values.shape[0]), "active_states": len(data.active),
            "estimated_parameters": len(auto_builder.estimated), "groups": len(data.groups),
-           "auto": auto_builder.stiffness.as_dict(), "solvers": {}}
+           "auto": auto_builder.stiffness.as_dict(), "auto_adjoint": auto_builder.solver.adjoint, "solvers": {}}
     ref = ModelBuilder(spec, data, SolverSettings.from_dict({**base_solver, **REFERENCE}))
     ref_pot, x0 = _density_programs(ref, arrays)
     rng = np.random.default_rng(0)
@@ -276,18 +276,22 @@ def markdown(res: dict) -> str:
     if res.get("density"):
         lines += ["## Log density per fit (potential and gradient on the unconstrained space, warm medians)", "",
                   "| fit | states | conditions | auto chooses (rho max, stability steps) | solver | steps/condition | "
-                  "potential (ms) | grad sensitivity (ms) | grad reverse (ms) | grad/potential | |dlogp| vs ref | "
-                  "first call potential / grad (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "estimated ODE parameters | potential (ms) | grad sensitivity (ms) | grad reverse (ms) | "
+                  "sensitivity / reverse | `adjoint: auto` takes | grad/potential (sensitivity) | |dlogp| vs ref | "
+                  "first call potential / grad (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        from myoglucose.model.simulate import SolverSettings, choose_adjoint
+
         for c in res["density"]:
             a = c["auto"]
             for name, e in c["solvers"].items():
+                takes = choose_adjoint(SolverSettings(name=name, adjoint="auto"), c["estimated_parameters"])[0].adjoint
+                sens, rev = e["value_and_grad_sensitivity"]["median_s"], e["value_and_grad_reverse"]["median_s"]
                 lines.append(
                     f"| {c['model']}:{c['dataset']} | {c['active_states']} | {c['conditions']} | {a['chosen']} "
                     f"({a['rho_max_per_min']:.2f}/min, {a['stability_steps']:.0f}) | {name} | "
-                    f"{'/'.join(map(str, e['steps_per_condition']))} | {e['potential']['median_s'] * 1e3:.2f} | "
-                    f"{e['value_and_grad_sensitivity']['median_s'] * 1e3:.2f} | "
-                    f"{e['value_and_grad_reverse']['median_s'] * 1e3:.2f} | "
-                    f"{e['ratio_grad_sensitivity_over_potential']:.1f} | "
+                    f"{'/'.join(map(str, e['steps_per_condition']))} | {c['estimated_parameters']} | "
+                    f"{e['potential']['median_s'] * 1e3:.2f} | {sens * 1e3:.2f} | {rev * 1e3:.2f} | "
+                    f"{sens / rev:.2f} | {takes} | {e['ratio_grad_sensitivity_over_potential']:.1f} | "
                     f"{e['max_abs_logdensity_error_vs_reference']:.1e} | {e['potential']['first_call_s']:.1f} / "
                     f"{e['value_and_grad_sensitivity']['first_call_s']:.1f} |")
         lines.append("")
