@@ -278,7 +278,8 @@ def markdown(res: dict) -> str:
                   "| fit | states | conditions | auto chooses (rho max, stability steps) | solver | steps/condition | "
                   "estimated ODE parameters | potential (ms) | grad sensitivity (ms) | grad reverse (ms) | "
                   "sensitivity / reverse | `adjoint: auto` takes | grad/potential (sensitivity) | |dlogp| vs ref | "
-                  "first call potential / grad (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "first call potential / grad sensitivity / grad reverse (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         from myoglucose.model.simulate import SolverSettings, choose_adjoint
 
         for c in res["density"]:
@@ -293,7 +294,8 @@ def markdown(res: dict) -> str:
                     f"{e['potential']['median_s'] * 1e3:.2f} | {sens * 1e3:.2f} | {rev * 1e3:.2f} | "
                     f"{sens / rev:.2f} | {takes} | {e['ratio_grad_sensitivity_over_potential']:.1f} | "
                     f"{e['max_abs_logdensity_error_vs_reference']:.1e} | {e['potential']['first_call_s']:.1f} / "
-                    f"{e['value_and_grad_sensitivity']['first_call_s']:.1f} |")
+                    f"{e['value_and_grad_sensitivity']['first_call_s']:.1f} / "
+                    f"{e['value_and_grad_reverse']['first_call_s']:.1f} |")
         lines.append("")
     if res.get("scaling"):
         base = res["scaling"][0]["grad_median_s"]
