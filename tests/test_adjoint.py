@@ -89,3 +89,23 @@ def test_reverse_mode_and_sensitivities_give_the_same_gradient(sorensen):
         assert np.isfinite(v_s) and np.all(np.isfinite(g_s))
         assert abs(float(v_r) - float(v_s)) <= 1e-9 * max(1.0, abs(float(v_s)))
         assert rel < 1e-7
+
+
+def test_a_failed_solve_is_a_rejected_proposal_with_a_finite_gradient_in_both_modes(sorensen):
+    """``max_steps`` 16 cannot integrate the protocol: the potential is +inf (NUTS rejects the proposal) and the
+    gradient stays finite in both modes (the failed solve's values are masked before the likelihood)."""
+    from numpyro.infer import init_to_median
+    from numpyro.infer.util import potential_energy
+
+    from myoglucose.inference.numpyro_model import ModelBuilder
+    from myoglucose.inference.sample import _init_z
+
+    spec, data = sorensen["full"]
+    a = data.arrays
+    for mode in ("sensitivity", "reverse"):
+        b = ModelBuilder(spec, data, SolverSettings(name="Tsit5", max_steps=16, adjoint=mode))
+        x0, unravel = ravel_pytree(_init_z(b, a, jax.random.PRNGKey(0), init_to_median(num_samples=5)))
+        v, g = jax.jit(jax.value_and_grad(lambda x, b=b, unravel=unravel: potential_energy(
+            b.model, (a,), {"y": a.values}, unravel(x))))(x0)
+        print(f"{mode}: potential {float(v)}, gradient finite {bool(np.all(np.isfinite(np.asarray(g))))}")
+        assert float(v) == np.inf and np.all(np.isfinite(np.asarray(g)))
