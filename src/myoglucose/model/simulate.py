@@ -63,8 +63,9 @@ ADJOINTS = ("auto", "sensitivity", "reverse", "forward")
 # Each forward sensitivity costs about one more primal solve (the tangents do not share the work: the vector field's
 # arithmetic, not per-step overhead, is the cost), while one reverse pass costs 3-4 solves whatever their number;
 # measured on all 14 bundled fits with Tsit5 (docs/performance.md section 3): at 6 parameters reverse was 1.4-2.5x
-# faster on the 9-10-state fits and level on the 27-state ones, at 4 it was level or slower (0.67-1.2x). Through an
-# implicit solver reverse mode differentiates every Newton solve and stays far slower (research/inference.md 0b).
+# faster on the 9-10-state fits and level on the 27-state ones; at 4 it ranged from 1.5x slower (the 27-state IL-6
+# fit) to 1.2x faster, about even overall. Through an implicit solver reverse mode differentiates every Newton solve
+# and stays far slower (research/inference.md 0b).
 REVERSE_FROM_PARAMETERS = 5
 
 
@@ -80,7 +81,7 @@ def choose_adjoint(settings: "SolverSettings", n_parameters: int) -> tuple["Solv
         return dataclasses.replace(settings, adjoint="reverse"), why
     if settings.name in EXPLICIT_SOLVERS:
         why = (f"{n_parameters} estimated ODE parameters per condition with the explicit {settings.name}: fewer than "
-               f"{REVERSE_FROM_PARAMETERS}, so forward sensitivities cost no more than a reverse pass")
+               f"{REVERSE_FROM_PARAMETERS}, where forward sensitivities cost about as much as a reverse pass")
     else:
         why = f"the implicit {settings.name}: reverse mode would differentiate every Newton solve"
     return dataclasses.replace(settings, adjoint="sensitivity"), why
