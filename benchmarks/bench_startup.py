@@ -3,12 +3,16 @@
     python benchmarks/bench_startup.py --dataset katz2000_clamp --model core --out benchmarks/out/startup.json
 
 Each run is a fresh process (``--one``) that does what ``myoglucose fit`` does before and at the start of sampling,
-in one process: imports, load the tables and build the model (with the stiffness probe), build the potential, the
-multi-start MAP, and one chain of 5 + 5 iterations (``NUTS.init``, trace of the step, compile or cache load, 10
-iterations), then a second such chain in the same process. JAX's monitoring events give, per phase, the time spent
-tracing, lowering, compiling (XLA) and retrieving compiled programs from the persistent cache; the sum of those is
-the phase's compile-related time. The first run uses an empty cache folder, the second the same folder, now warm.
-Writes ``--out`` (JSON) and a markdown table next to it naming the machine.
+in one process: imports, load the tables and build the model (with the stiffness probe), the potential (traced, or
+exported and loaded: inference/exported.py), the multi-start MAP, and one chain of 5 + 5 iterations
+(``NUTS.init``, trace of the step, compile or cache load, 10 iterations), then a second such chain in the same
+process. After it, a second fresh process does what a chain worker does (``--worker``: load the tables with the
+solver already resolved, load the main process's export when there is one, one chain of 5 + 5 from the MAP). JAX's
+monitoring events give, per phase, the time spent tracing, lowering, compiling (XLA) and retrieving compiled programs
+from the persistent cache; the sum of those is the phase's compile-related time. Two modes side by side, each with
+its own cache folder: **traced** (``MYOGLUCOSE_EXPORT_POTENTIAL=0``, every process traces the potential) and
+**exported** (the default); the first run of each mode uses an empty cache folder, the second the same folder, now
+warm. Writes ``--out`` (JSON) and a markdown table next to it naming the machine.
 """
 
 from __future__ import annotations
@@ -63,18 +67,37 @@ def one(args) -> dict:
         acc.clear()
         mark[0] = now
 
-    from myoglucose.inference.fit import FitJob, load_problem
+    from myoglucose.inference.fit import FitJob, _export_potential, load_problem
     from myoglucose.inference.sample import SamplerSettings, find_map, potential, run_nuts
 
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     sampler = dict(cfg["sampler"], warmup=5, samples=5, max_samples=None, chains=1, progress=False)
+    solver = dict(cfg["solver"], **(json.loads(args.solver) if args.solver else {}))
     job = FitJob(tidy_dir=args.tidy_dir, model_dir=str(ROOT / "models" / args.model), repo_root=str(ROOT),
-                 solver=cfg["solver"], sampler=sampler)
+                 solver=solver, sampler=sampler)
     imports = time.perf_counter() - t_start
     mark[0] = time.perf_counter()
     spec, data, builder = load_problem(job)
-    phase("load tables, build the model, stiffness probe")
     settings = SamplerSettings.from_dict(sampler)
+    info = {"backend": jax.default_backend(), "cache_dir": args.cache}
+    if args.worker:  # a chain worker: the solver comes resolved, the export (when used) from the main process
+        phase("load tables, build the model")
+        if args.export:
+            from myoglucose.inference.exported import export_key, load_vg, read_cached
+            from myoglucose.inference.sample import use_exported
+
+            blob = read_cached(args.cache, export_key(builder, data.arrays, info["backend"]))
+            assert blob is not None, "the main process's export is not in the cache"
+            use_exported(builder, data.arrays, load_vg(blob))
+            phase("load the main process's export")
+        init = {k: np.asarray(v) for k, v in json.loads(args.init).items()}
+        run_nuts(builder, data.arrays, settings, init, [0])
+        phase("first chain: NUTS.init, step, 5 + 5 iterations")
+        return {"imports_s": imports, "phases": phases, "total_s": time.perf_counter() - t_start}
+    phase("load tables, build the model, stiffness probe")
+    if args.export:
+        assert _export_potential(builder, data, info, "processes", log=lambda m: None) is not None
+        phase("potential: trace and export, or load the stored export")
     pot = potential(builder, data.arrays)
     phase("build the potential")
     init = find_map(builder, data.arrays, settings, jax.random.PRNGKey(1), log=lambda m: None, pot=pot)
@@ -85,31 +108,78 @@ def one(args) -> dict:
     run_nuts(builder, data.arrays, settings, init, [1])
     phase("second chain in the same process")
     return {"imports_s": imports, "phases": phases, "total_s": time.perf_counter() - t_start,
-            "solver": builder.solver.name}
+            "solver": {"name": builder.solver.name, "adjoint": builder.solver.adjoint},
+            "init": {k: v.tolist() for k, v in init.items()}}
+
+
+RUNS = [(f"{mode}_{cache}", mode, cache) for mode in ("traced", "exported") for cache in ("empty", "warm")]
+
+
+def _compile_related(p: dict) -> float:
+    return p["trace"] + p["lower"] + p["xla_compile"] + p["cache_load"]
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
     L = [f"# Start-up of a fit: {res['model']} / {res['dataset']}", "",
          f"Machine: {m['cpu']}, {m['cores']} cores, load average at start {m['load_start']}, at end {m['load_end']}; "
-         f"jax {res['jax']}. One fresh process per column; compile-related = trace + lower + XLA compile + cache "
-         f"load (JAX monitoring events).", "",
-         "| phase | empty cache: wall (compile-related) | warm cache: wall (compile-related) |", "|---|---|---|"]
-    cold, warm = res["runs"]["empty_cache"], res["runs"]["warm_cache"]
-    L.append(f"| process start and imports | {cold['imports_s']:.1f} s | {warm['imports_s']:.1f} s |")
-    for a, b in zip(cold["phases"], warm["phases"]):
-        ca = a["trace"] + a["lower"] + a["xla_compile"] + a["cache_load"]
-        cb = b["trace"] + b["lower"] + b["xla_compile"] + b["cache_load"]
-        L.append(f"| {a['phase']} | {a['wall_s']:.1f} s ({ca:.1f} s) | {b['wall_s']:.1f} s ({cb:.1f} s) |")
-    tot = {k: sum(p["trace"] + p["lower"] + p["xla_compile"] + p["cache_load"] for p in r["phases"])
-           for k, r in res["runs"].items()}
-    L.append(f"| **total** | **{cold['total_s']:.1f} s** ({tot['empty_cache']:.1f} s) | "
-             f"**{warm['total_s']:.1f} s** ({tot['warm_cache']:.1f} s) |")
-    L += ["", "Compile-related time by kind, all phases: " + "; ".join(
-        f"{k}: " + ", ".join(f"{e} {sum(p[e] for p in r['phases']):.1f} s"
+         f"jax {res['jax']}; solver {res['solver']['name']}, gradients {res['solver']['adjoint']}. One fresh process "
+         "per cell; each mode has its own cache folder, empty for the first run and warm for the second. "
+         "**traced**: every process traces the potential (`MYOGLUCOSE_EXPORT_POTENTIAL=0`); **exported**: the main "
+         "process traces and exports it once, or loads the stored export, and a chain worker loads it "
+         "(inference/exported.py). Wall time (compile-related = trace + lower + XLA compile + cache load, JAX "
+         "monitoring events).", ""]
+    runs = res["runs"]
+    head = [k.replace("_", ", ") + " cache" for k, _, _ in RUNS]
+    L += ["| main process: phase | " + " | ".join(head) + " |", "|---" * (len(RUNS) + 1) + "|"]
+
+    def cells(rows_of):
+        return " | ".join(rows_of(runs[k]) for k, _, _ in RUNS)
+
+    L.append("| process start and imports | " + cells(lambda r: f"{r['main']['imports_s']:.1f} s") + " |")
+    labels = []
+    for k, _, _ in RUNS:
+        for p in runs[k]["main"]["phases"]:
+            if p["phase"] not in labels:
+                labels.append(p["phase"])
+    for lab in labels:
+        def cell(r, lab=lab):
+            p = next((p for p in r["main"]["phases"] if p["phase"] == lab), None)
+            return "-" if p is None else f"{p['wall_s']:.1f} s ({_compile_related(p):.1f} s)"
+        L.append(f"| {lab} | " + cells(cell) + " |")
+    L.append("| **total** | " + cells(lambda r: f"**{r['main']['total_s']:.1f} s** ("
+                                     f"{sum(_compile_related(p) for p in r['main']['phases']):.1f} s)") + " |")
+    L += ["", "| a chain worker (fresh process, after the main process) | " + " | ".join(head) + " |",
+          "|---" * (len(RUNS) + 1) + "|"]
+    L.append("| process start and imports | " + cells(lambda r: f"{r['worker']['imports_s']:.1f} s") + " |")
+    wl = []
+    for k, _, _ in RUNS:
+        for p in runs[k]["worker"]["phases"]:
+            if p["phase"] not in wl:
+                wl.append(p["phase"])
+    for lab in wl:
+        def cell(r, lab=lab):
+            p = next((p for p in r["worker"]["phases"] if p["phase"] == lab), None)
+            return "-" if p is None else f"{p['wall_s']:.1f} s ({_compile_related(p):.1f} s)"
+        L.append(f"| {lab} | " + cells(cell) + " |")
+    L.append("| **total** | " + cells(lambda r: f"**{r['worker']['total_s']:.1f} s** ("
+                                     f"{sum(_compile_related(p) for p in r['worker']['phases']):.1f} s)") + " |")
+    L += ["", "Compile-related time by kind, main process and worker: " + "; ".join(
+        f"{k}: " + ", ".join(f"{e} {sum(p[e] for w in ('main', 'worker') for p in runs[k][w]['phases']):.1f} s"
                              for e in ("trace", "lower", "xla_compile", "cache_load"))
-        for k, r in res["runs"].items()), ""]
+        for k, _, _ in RUNS), ""]
     return "\n".join(L)
+
+
+def _run(args, tidy: str, cache: Path, export: bool, extra: list[str]) -> dict:
+    env = dict(os.environ, MYOGLUCOSE_EXPORT_POTENTIAL="1" if export else "0")
+    cmd = [sys.executable, __file__, "--one", "--tidy-dir", tidy, "--model", args.model, "--cache", str(cache)]
+    p = subprocess.run(cmd + (["--export"] if export else []) + extra, capture_output=True, text=True, cwd=ROOT,
+                       env=env)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if p.returncode != 0 or line is None:
+        raise SystemExit(f"run {cmd + extra} failed:\n{p.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main(argv=None) -> int:
@@ -119,7 +189,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tidy-dir", default=None, help="prepared tables (default: prepared on the fly)")
     ap.add_argument("--out", default="benchmarks/out/startup.json")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--export", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--solver", help=argparse.SUPPRESS)
+    ap.add_argument("--init", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         print("RESULT " + json.dumps(one(args)), flush=True)
@@ -131,21 +205,22 @@ def main(argv=None) -> int:
     if not args.tidy_dir:
         subprocess.run([sys.executable, "-m", "myoglucose.cli", "prepare", "--dataset-dir",
                         str(ROOT / "data" / args.dataset), "--out-dir", tidy], check=True, capture_output=True)
-    cache = work / "jax_cache"
-    cache.mkdir()
     load_start = [round(x, 2) for x in os.getloadavg()]
     runs = {}
-    for label in ("empty_cache", "warm_cache"):
-        p = subprocess.run([sys.executable, __file__, "--one", "--tidy-dir", tidy, "--model", args.model,
-                            "--cache", str(cache)], capture_output=True, text=True, cwd=ROOT)
-        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if p.returncode != 0 or line is None:
-            raise SystemExit(f"{label} run failed:\n{p.stderr[-3000:]}")
-        runs[label] = json.loads(line[len("RESULT "):])
-        print(f"[startup] {label}: {runs[label]['total_s']:.1f} s", flush=True)
+    for label, mode, _ in RUNS:
+        cache = work / f"jax_cache_{mode}"
+        cache.mkdir(exist_ok=True)
+        main_run = _run(args, tidy, cache, mode == "exported", [])
+        worker = _run(args, tidy, cache, mode == "exported", [
+            "--worker", "--solver", json.dumps(main_run["solver"]), "--init", json.dumps(main_run["init"])])
+        main_run.pop("init")
+        runs[label] = {"main": main_run, "worker": worker}
+        print(f"[startup] {label}: main process {main_run['total_s']:.1f} s, worker {worker['total_s']:.1f} s",
+              flush=True)
     import jax
 
     res = {"dataset": args.dataset, "model": args.model, "jax": jax.__version__, "runs": runs,
+           "solver": runs["traced_empty"]["main"]["solver"],
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                        "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()]}}
     out = Path(args.out)

@@ -120,7 +120,7 @@ def _chain_worker(args) -> dict:
 
     os.environ.setdefault("EQX_ON_ERROR", "nan")  # before equinox is imported in this fresh process
     _exit_with_parent()
-    job, chain, init, fp, metric = args
+    job, chain, init, fp, metric, blob = args
     from .. import runtime
 
     runtime.configure(job.device, job.cache_dir)
@@ -134,10 +134,17 @@ def _chain_worker(args) -> dict:
     key = hashlib.sha256(json.dumps([dataclasses.asdict(job) | {"sampler": {k: v for k, v in job.sampler.items()
                                                                           if k != "samples"}}, fp],
                                     sort_keys=True, default=str).encode()
-                         + (b"" if metric is None else np.ascontiguousarray(metric).tobytes())).hexdigest()
+                         + (b"" if metric is None else np.ascontiguousarray(metric).tobytes())
+                         + (blob or b"")).hexdigest()
     if key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()  # one fit at a time per worker
-        _WORKER_CACHE[key] = (load_problem(job), {})
+        problem = load_problem(job)
+        if blob:  # the main process's exported potential: the chain's start and step do not trace the model
+            from .exported import load_vg
+            from .sample import use_exported
+
+            use_exported(problem[2], problem[1].arrays, load_vg(blob))
+        _WORKER_CACHE[key] = (problem, {})
     (_, data, builder), reuse = _WORKER_CACHE[key]
     settings = SamplerSettings.from_dict(job.sampler)
     t0 = time.perf_counter()
@@ -145,6 +152,52 @@ def _chain_worker(args) -> dict:
                    reuse=reuse, **_metric_kw(metric))
     out["wall"] = time.perf_counter() - t0
     return out
+
+
+def _exporting(method: str, builder) -> bool:
+    """Whether this fit exports its potential (inference/exported.py): every chain method but vectorised chains (a
+    batched potential), for a model builder (not a toy model), unless ``MYOGLUCOSE_EXPORT_POTENTIAL=0``."""
+    import os
+
+    off = os.environ.get("MYOGLUCOSE_EXPORT_POTENTIAL", "1").strip().lower() in ("0", "false", "no", "off")
+    return not off and method != "vectorized" and hasattr(builder, "sample_latents")
+
+
+def _export_potential(builder, data, info: dict, method: str, log: Callable[[str], None]) -> bytes | None:
+    """The fit's potential as an exported value-and-gradient (inference/exported.py): loaded from the cache folder
+    when an earlier run stored this very program, else traced, exported and stored. Every program of this process
+    that evaluates the potential then calls it (``sample.use_exported``), and the chain workers get the same bytes, so
+    a fit computes the same chains whether or not the export was cached. Returns the bytes (None: the traced path,
+    when the program could not be exported)."""
+    from .exported import export_key, export_vg, load_vg, read_cached, write_cached
+    from .sample import latent_size, potential, use_exported
+
+    t0 = time.perf_counter()
+    key = export_key(builder, data.arrays, info["backend"])
+    cache = info.get("cache_dir") or None
+    blob = read_cached(cache, key)
+    vg = None
+    if blob is not None:
+        try:
+            vg = load_vg(blob)
+            log(f"potential: loaded the exported value-and-gradient from the cache ({len(blob) / 1e6:.2f} MB, "
+                f"{time.perf_counter() - t0:.1f} s)")
+        except Exception as exc:  # a damaged entry costs a trace, not the fit
+            log(f"potential: could not load the cached export ({type(exc).__name__}: {exc}); tracing instead")
+            blob = None
+    if blob is None:
+        try:
+            blob = export_vg(potential(builder, data.arrays)[0], latent_size(builder, data.arrays))
+            vg = load_vg(blob)
+        except Exception as exc:  # e.g. an operation jax.export cannot serialise: the traced path, as before
+            log(f"potential: could not export the value-and-gradient ({type(exc).__name__}: {exc}); every process "
+                "traces it")
+            return None
+        write_cached(cache, key, blob)
+        log(f"potential: traced and exported its value-and-gradient ({len(blob) / 1e6:.2f} MB, "
+            f"{time.perf_counter() - t0:.1f} s)")
+    use_exported(builder, data.arrays, vg)
+    return blob
 
 
 def _metric_kw(metric) -> dict:
@@ -210,6 +263,7 @@ def _run_fit(job: FitJob, settings: SamplerSettings, spec, data, builder, info: 
 
         fp = fit_fingerprint(job, spec, data, builder, info["backend"], method == "vectorized")
         checkpoint.prepare_dir(Path(ck), fp, job.resume, log=log)
+    blob = _export_potential(builder, data, info, method, log) if _exporting(method, builder) else None
     init = None
     pot = None  # the potential's compiled value-and-gradient, shared by the MAP search and the Laplace metric
     t0 = time.perf_counter()
@@ -258,7 +312,7 @@ def _run_fit(job: FitJob, settings: SamplerSettings, spec, data, builder, info: 
                     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
                 rjob = dataclasses.replace(job, sampler={**job.sampler, "samples": n})
                 starts = init if isinstance(init, list) else [init] * len(chains)
-                results = list(pool.map(_chain_worker, [(rjob, c, starts[c], fp, metric) for c in chains]))
+                results = list(pool.map(_chain_worker, [(rjob, c, starts[c], fp, metric, blob) for c in chains]))
                 samples = {k: np.concatenate([r["samples"][k] for r in results]) for k in results[0]["samples"]}
                 stats = {k: np.concatenate([r["stats"][k] for r in results]) for k in results[0]["stats"]}
             else:

@@ -161,6 +161,19 @@ def potential_energy_fn(builder) -> Callable:
     return fn
 
 
+def use_exported(builder, arrays, vg: Callable | None) -> None:
+    """Make every program of this process that evaluates the fit's potential with ``arrays`` (the MAP search, the
+    Laplace metric, a chain's start and its NUTS step) call ``vg``, the loaded export of ``potential``'s
+    value-and-gradient (``exported.load_vg``), instead of tracing the model. None: trace again."""
+    builder._exported_vg = None if vg is None else (vg, arrays)
+
+
+def exported_vg(builder, arrays) -> Callable | None:
+    """The exported value-and-gradient set by ``use_exported`` for these very ``arrays`` (else None)."""
+    held = builder.__dict__.get("_exported_vg")
+    return held[0] if held is not None and held[1] is arrays else None
+
+
 def potential(builder, arrays):
     """The NUTS potential (negative log density on the unconstrained latent space) as a jitted value-and-gradient of
     a flat vector, and the sorted-site ``unravel`` NumPyro uses for its mass matrix. Build it once per fit and pass it
@@ -171,6 +184,9 @@ def potential(builder, arrays):
 
     fwd = builder.solver.adjoint == "forward"
     unravel = ravel_pytree(_init_z(builder, arrays, jax.random.PRNGKey(0), init_to_median(num_samples=5)))[1]
+    loaded = exported_vg(builder, arrays)
+    if loaded is not None:  # the exported program (inference/exported.py): no trace
+        return loaded, unravel
     pe = potential_energy_fn(builder)
 
     def f(x):
@@ -178,6 +194,14 @@ def potential(builder, arrays):
 
     vg = jax.jit(lambda x: (f(x), jax.jacfwd(f)(x)) if fwd else jax.value_and_grad(f)(x))
     return vg, unravel
+
+
+def latent_size(builder, arrays) -> int:
+    """The number of unconstrained latent dimensions (the length of ``potential``'s flat vector)."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer import init_to_median
+
+    return int(ravel_pytree(_init_z(builder, arrays, jax.random.PRNGKey(0), init_to_median(num_samples=5)))[0].size)
 
 
 def start_points(builder, arrays, settings: SamplerSettings, key, n: int, first_median: bool, pot=None) -> list:
@@ -482,6 +506,7 @@ def _latent_init_nuts():
         return _LATENT_INIT_NUTS
     from functools import partial
 
+    from jax.flatten_util import ravel_pytree
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import ParamInfo, _transforms_from_trace, initialize_model
 
@@ -509,6 +534,21 @@ def _latent_init_nuts():
             info = initialize_model(rng_key, latent_model(b), dynamic_args=True, init_strategy=self._init_strategy,
                                     model_args=model_args, model_kwargs=model_kwargs)
             fwd = self._forward_mode_differentiation
+            vec = jnp.ndim(rng_key) != 1
+            vg = None if vec else exported_vg(b, model_args[0] if model_args else None)
+            if vg is not None:  # the exported value-and-gradient: neither the start nor the step traces the model
+                from .exported import potential_from_exported
+
+                pe_exported = potential_from_exported(vg)
+                if init_params is None:
+                    z = info.param_info.z
+                    flat, unravel = ravel_pytree(z)
+                    pe, g = vg(flat)
+                    if not (np.isfinite(float(pe)) and np.isfinite(np.asarray(g)).all()):
+                        raise RuntimeError("Cannot find valid initial parameters: the log density or its gradient "
+                                           "is not finite at the chain's start")
+                    init_params = ParamInfo(z, pe, unravel(g))
+                return self._finish_init(lambda *args, **kwargs: pe_exported, info, init_params)
             pe_fn = potential_energy_fn(b)  # traced once per process (shared with the MAP search)
 
             if init_params is None:
@@ -518,7 +558,6 @@ def _latent_init_nuts():
                     f = partial(pe_fn, args, kwargs)
                     return (f(z), jax.jacfwd(f)(z)) if fwd else jax.value_and_grad(f)(z)
 
-                vec = jnp.ndim(rng_key) != 1
                 if vec not in self._vg:  # one compiled program per kernel (a reused kernel's next chain: no retrace)
                     self._vg[vec] = jax.jit(jax.vmap(value_and_grad, (0, None, None)) if vec else value_and_grad)
                 pe, grad = self._vg[vec](z, model_args, model_kwargs)
@@ -528,9 +567,13 @@ def _latent_init_nuts():
                     raise RuntimeError("Cannot find valid initial parameters: the log density or its gradient is not "
                                        "finite at the chain's start")
                 init_params = ParamInfo(z, pe, grad)
+
             def potential_fn_gen(*args, **kwargs):
                 return partial(pe_fn, args, kwargs)
 
+            return self._finish_init(potential_fn_gen, info, init_params)
+
+        def _finish_init(self, potential_fn_gen, info, init_params):
             if self._init_fn is None:
                 self._init_fn, self._sample_fn = hmc(potential_fn_gen=potential_fn_gen, kinetic_fn=self._kinetic_fn,
                                                      algo=self._algo)
