@@ -119,6 +119,24 @@ def _compile_related(p: dict) -> float:
     return p["trace"] + p["lower"] + p["xla_compile"] + p["cache_load"]
 
 
+def _table(runs: dict, who: str, title: str, head: list[str]) -> list[str]:
+    """Markdown rows: one per phase of process ``who`` ("main" or "worker"), one column per run of ``RUNS``."""
+    L = [f"| {title} | " + " | ".join(head) + " |", "|---" * (len(RUNS) + 1) + "|",
+         "| process start and imports | " + " | ".join(f"{runs[k][who]['imports_s']:.1f} s" for k, _, _ in RUNS)
+         + " |"]
+    labels = list(dict.fromkeys(p["phase"] for k, _, _ in RUNS for p in runs[k][who]["phases"]))
+    for lab in labels:
+        cells = []
+        for k, _, _ in RUNS:
+            p = next((p for p in runs[k][who]["phases"] if p["phase"] == lab), None)
+            cells.append("-" if p is None else f"{p['wall_s']:.1f} s ({_compile_related(p):.1f} s)")
+        L.append(f"| {lab} | " + " | ".join(cells) + " |")
+    L.append("| **total** | " + " | ".join(
+        f"**{runs[k][who]['total_s']:.1f} s** ({sum(_compile_related(p) for p in runs[k][who]['phases']):.1f} s)"
+        for k, _, _ in RUNS) + " |")
+    return L
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     L = [f"# Start-up of a fit: {res['model']} / {res['dataset']}", "",
@@ -131,39 +149,8 @@ def markdown(res: dict) -> str:
          "monitoring events).", ""]
     runs = res["runs"]
     head = [k.replace("_", ", ") + " cache" for k, _, _ in RUNS]
-    L += ["| main process: phase | " + " | ".join(head) + " |", "|---" * (len(RUNS) + 1) + "|"]
-
-    def cells(rows_of):
-        return " | ".join(rows_of(runs[k]) for k, _, _ in RUNS)
-
-    L.append("| process start and imports | " + cells(lambda r: f"{r['main']['imports_s']:.1f} s") + " |")
-    labels = []
-    for k, _, _ in RUNS:
-        for p in runs[k]["main"]["phases"]:
-            if p["phase"] not in labels:
-                labels.append(p["phase"])
-    for lab in labels:
-        def cell(r, lab=lab):
-            p = next((p for p in r["main"]["phases"] if p["phase"] == lab), None)
-            return "-" if p is None else f"{p['wall_s']:.1f} s ({_compile_related(p):.1f} s)"
-        L.append(f"| {lab} | " + cells(cell) + " |")
-    L.append("| **total** | " + cells(lambda r: f"**{r['main']['total_s']:.1f} s** ("
-                                     f"{sum(_compile_related(p) for p in r['main']['phases']):.1f} s)") + " |")
-    L += ["", "| a chain worker (fresh process, after the main process) | " + " | ".join(head) + " |",
-          "|---" * (len(RUNS) + 1) + "|"]
-    L.append("| process start and imports | " + cells(lambda r: f"{r['worker']['imports_s']:.1f} s") + " |")
-    wl = []
-    for k, _, _ in RUNS:
-        for p in runs[k]["worker"]["phases"]:
-            if p["phase"] not in wl:
-                wl.append(p["phase"])
-    for lab in wl:
-        def cell(r, lab=lab):
-            p = next((p for p in r["worker"]["phases"] if p["phase"] == lab), None)
-            return "-" if p is None else f"{p['wall_s']:.1f} s ({_compile_related(p):.1f} s)"
-        L.append(f"| {lab} | " + cells(cell) + " |")
-    L.append("| **total** | " + cells(lambda r: f"**{r['worker']['total_s']:.1f} s** ("
-                                     f"{sum(_compile_related(p) for p in r['worker']['phases']):.1f} s)") + " |")
+    L += _table(runs, "main", "main process: phase", head)
+    L += [""] + _table(runs, "worker", "a chain worker (fresh process, after the main process)", head)
     L += ["", "Compile-related time by kind, main process and worker: " + "; ".join(
         f"{k}: " + ", ".join(f"{e} {sum(p[e] for w in ('main', 'worker') for p in runs[k][w]['phases']):.1f} s"
                              for e in ("trace", "lower", "xla_compile", "cache_load"))

@@ -39,3 +39,18 @@ def nominal(full_spec):
     from myoglucose.model.spec import nominal_params
 
     return {k: jnp.asarray(v) for k, v in nominal_params(full_spec).items()}
+
+
+@pytest.fixture(scope="session")
+def sorensen():
+    """Sorensen 1985 (one condition, 13 measurements, kinetic insulin) as fit data for ``core`` and ``full``:
+    variant -> (spec, FitData). ``full`` estimates 6 ODE parameters there (reverse mode under ``adjoint: auto``),
+    ``core`` 4 (forward sensitivities)."""
+    from myoglucose.data.prepare import prepare_dataset
+    from myoglucose.inference.arrays import build_fit_data
+    from myoglucose.model.spec import load_model
+
+    t = prepare_dataset(ROOT / "data/sorensen1985_civii", ROOT)
+    specs = {v: load_model(ROOT / "models" / v) for v in ("core", "full")}
+    return {v: (spec, build_fit_data(t.measurements, t.conditions, ROOT, set(spec.observables)))
+            for v, spec in specs.items()}

@@ -39,18 +39,6 @@ def test_auto_takes_reverse_mode_for_many_parameters_with_an_explicit_solver():
         SolverSettings(adjoint="adjoint")
 
 
-@pytest.fixture(scope="module")
-def sorensen():
-    from myoglucose.data.prepare import prepare_dataset
-    from myoglucose.inference.arrays import build_fit_data
-    from myoglucose.model.spec import load_model
-
-    t = prepare_dataset(ROOT / "data/sorensen1985_civii", ROOT)
-    specs = {v: load_model(ROOT / "models" / v) for v in ("core", "full")}
-    return {v: (spec, build_fit_data(t.measurements, t.conditions, ROOT, set(spec.observables)))
-            for v, spec in specs.items()}
-
-
 def test_fit_builders_resolve_auto_from_their_estimated_parameters(sorensen):
     from myoglucose.inference.numpyro_model import ModelBuilder
 

@@ -22,18 +22,6 @@ from myoglucose.model.simulate import SolverSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def sorensen():
-    from myoglucose.data.prepare import prepare_dataset
-    from myoglucose.inference.arrays import build_fit_data
-    from myoglucose.model.spec import load_model
-
-    t = prepare_dataset(ROOT / "data/sorensen1985_civii", ROOT)
-    specs = {v: load_model(ROOT / "models" / v) for v in ("core", "full")}
-    return {v: (spec, build_fit_data(t.measurements, t.conditions, ROOT, set(spec.observables)))
-            for v, spec in specs.items()}
-
-
 def _builder(sorensen, variant, **solver):
     from myoglucose.inference.numpyro_model import ModelBuilder
 

@@ -53,20 +53,26 @@ def atomic_compilation_cache_writes() -> bool:
         final = Path(str(self.path)) / f"{key}{suffix}"
         if final.exists():
             return
-        import tempfile
-
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(value)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_bytes_atomic(final, value)
 
     put._myoglucose_atomic = True
     cls.put = put
     return True
+
+
+def write_bytes_atomic(final: Path, value: bytes) -> None:
+    """Write ``value`` to a unique temporary file beside ``final`` and rename it into place: a concurrent reader sees
+    the old file or the whole new one, and a writer killed mid-write leaves no partial ``final``."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(value)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def default_cache_dir() -> Path:

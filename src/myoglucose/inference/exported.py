@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -101,17 +100,12 @@ def write_cached(cache_dir: str | Path | None, key: str, blob: bytes) -> None:
     partial file. Best effort: a read-only or full cache folder only costs the next process a trace."""
     if not cache_dir:
         return
+    from ..runtime import write_bytes_atomic
+
     final = cache_file(cache_dir, key)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_bytes_atomic(final, blob)
     except OSError:
         pass
 
