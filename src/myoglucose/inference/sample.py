@@ -680,6 +680,17 @@ def _strong(tree):
     return jax.tree.map(lambda x: lax.convert_element_type(x, jnp.result_type(x)), tree)
 
 
+def _committed(tree):
+    """The same pytree with every leaf committed to the default device, as the compiled step's outputs are. JAX
+    compiles a jitted function once per argument signature, and whether each argument is committed to a device is
+    part of it: a fresh ``kernel.init`` state (partly uncommitted), the step's own outputs (committed) and a state
+    restored from a checkpoint (uncommitted) were three signatures, so every chain compiled the step twice and the
+    first chain of each resumed round a third time (about 10 s each with an empty compilation cache, 0.5-1 s from a
+    warm one; docs/performance.md section 6)."""
+    device = jax.devices()[0]
+    return jax.tree.map(lambda x: jax.device_put(x, device), tree)
+
+
 def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: int, samples: int, *,
                   init_params=None, extra_fields=EXTRA_FIELDS, checkpoint_every: int = 0, checkpoint=None,
                   fingerprint: str = "",
@@ -700,7 +711,8 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
 
     vec = jnp.ndim(key) == 2
     total = warmup + samples
-    state = _strong(kernel.init(key, warmup, init_params, model_args=model_args, model_kwargs=model_kwargs))
+    state = _committed(_strong(kernel.init(key, warmup, init_params, model_args=model_args,
+                                           model_kwargs=model_kwargs)))
     compiled = kernel.__dict__.setdefault("_myoglucose_compiled", {})  # a reused kernel's programs (run_nuts)
     # the arguments' identities (the arrays of one fit; the cache entry keeps them alive, so an id is never reused)
     ckey = (vec, tuple(extra_fields), tuple(map(id, model_args)), tuple((k, id(v)) for k, v in
@@ -727,6 +739,7 @@ def sample_chains(kernel, model_args: tuple, model_kwargs: dict, key, warmup: in
                 log(f"{label}: ignoring checkpoint {checkpoint}: {loaded[1]} iterations but another number of draws")
             else:
                 state, it, d, t = loaded
+                state = _committed(state)
                 if it > total:  # fewer draws requested than checkpointed: the first ones are the same chain
                     d, t, it = {k: v[:samples] for k, v in d.items()}, {k: v[:samples] for k, v in t.items()}, total
                 draws = {k: list(v) for k, v in d.items()}
