@@ -74,7 +74,7 @@ def one(args) -> dict:
     sampler = dict(cfg["sampler"], warmup=5, samples=5, max_samples=None, chains=1, progress=False)
     solver = dict(cfg["solver"], **(json.loads(args.solver) if args.solver else {}))
     job = FitJob(tidy_dir=args.tidy_dir, model_dir=str(ROOT / "models" / args.model), repo_root=str(ROOT),
-                 solver=solver, sampler=sampler)
+                 solver=solver, sampler=sampler, cache_dir=args.cache)
     imports = time.perf_counter() - t_start
     mark[0] = time.perf_counter()
     spec, data, builder = load_problem(job)
@@ -124,7 +124,8 @@ def _table(runs: dict, who: str, title: str, head: list[str]) -> list[str]:
     L = [f"| {title} | " + " | ".join(head) + " |", "|---" * (len(RUNS) + 1) + "|",
          "| process start and imports | " + " | ".join(f"{runs[k][who]['imports_s']:.1f} s" for k, _, _ in RUNS)
          + " |"]
-    labels = list(dict.fromkeys(p["phase"] for k, _, _ in RUNS for p in runs[k][who]["phases"]))
+    # phases in the order they run (the exported runs have every phase the traced ones have, and one more)
+    labels = list(dict.fromkeys(p["phase"] for k, _, _ in reversed(RUNS) for p in runs[k][who]["phases"]))
     for lab in labels:
         cells = []
         for k, _, _ in RUNS:

@@ -10,6 +10,7 @@ insulin): ``full`` differentiates in reverse mode, ``core`` with forward sensiti
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -188,3 +189,30 @@ def test_a_fit_draws_the_same_chains_from_a_fresh_or_a_cached_export(tmp_path, m
                runs["fresh"][0].items())
     print(f"traced vs exported: largest relative difference of a draw {diff:.1e}")
     assert diff < 1e-6
+
+
+def test_the_stiffness_probe_is_measured_once_per_problem(sorensen, tmp_path, monkeypatch):
+    """``solver.name: auto`` probes the stiffness when the model is built. With a cache folder the measured spectral
+    radii are stored and a second build of the same problem reuses them (the rule still chooses from them); another
+    problem, or a damaged entry, is probed again."""
+    from myoglucose.inference.numpyro_model import ModelBuilder
+    from myoglucose.model import stiffness
+
+    spec, data = sorensen["full"]
+    auto = SolverSettings(name="auto", adjoint="auto")
+    first = ModelBuilder(spec, data, auto, cache_dir=str(tmp_path))
+    files = list((tmp_path / "probes").glob("*.json"))
+    assert len(files) == 1 and first.stiffness is not None
+    calls = []
+    real_probe = stiffness.probe
+    monkeypatch.setattr(stiffness, "probe", lambda *a, **k: calls.append(1) or real_probe(*a, **k))
+    again = ModelBuilder(spec, data, auto, cache_dir=str(tmp_path))
+    print(f"probed: {first.stiffness.as_dict()}; second build probed {len(calls)} time(s)")
+    assert calls == [] and again.solver == first.solver
+    np.testing.assert_array_equal(again.stiffness.rho, first.stiffness.rho)
+    assert again.stiffness.as_dict() == first.stiffness.as_dict()
+    files[0].write_text("{")  # damaged: probed again, and replaced
+    ModelBuilder(spec, data, auto, cache_dir=str(tmp_path))
+    assert calls == [1] and json.loads(files[0].read_text())["rho"] == first.stiffness.rho.tolist()
+    ModelBuilder(spec, data, SolverSettings(name="auto", adjoint="auto", rtol=1e-7), cache_dir=str(tmp_path))
+    assert calls == [1, 1] and len(list((tmp_path / "probes").glob("*.json"))) == 2

@@ -58,7 +58,7 @@ def load_problem(job: FitJob):
         conds = conds[conds["condition_id"].astype(str).isin(job.conditions)].reset_index(drop=True)
         meas = meas[meas["condition_id"].astype(str).isin(job.conditions)].reset_index(drop=True)
     data = build_fit_data(meas, conds, Path(job.repo_root), set(spec.observables))
-    builder = ModelBuilder(spec, data, SolverSettings.from_dict(job.solver))
+    builder = ModelBuilder(spec, data, SolverSettings.from_dict(job.solver), cache_dir=job.cache_dir)
     return spec, data, builder
 
 

@@ -77,7 +77,10 @@ class ObservationNoise(dist.Distribution):
 class ModelBuilder:
     """Holds the static structure (which parameters are estimated, at which level) for a spec and a dataset."""
 
-    def __init__(self, spec: ModelSpec, data: FitData, solver: SolverSettings):
+    def __init__(self, spec: ModelSpec, data: FitData, solver: SolverSettings, cache_dir: str | None = None):
+        """``cache_dir``: a folder (the compilation cache's) where the stiffness probe of ``solver.name: auto`` keeps
+        its measurement, keyed by everything it depends on, so that a later build of the same problem does not
+        probe again (the probe traces and compiles its own programs: 3-5 s per process on 2 cores)."""
         self.spec, self.data, self.solver = spec, data, solver
         # without a kinetic-insulin condition the insulin-kinetic parameters cannot act: they stay nominal
         modes = set(data.covariates["insulin_mode"].astype(str)) if "insulin_mode" in data.covariates else {"kinetic"}
@@ -101,17 +104,35 @@ class ModelBuilder:
         self.noise_floor = jnp.asarray([max(PROPORTIONAL_FLOOR, 0.1 * float(vals[o])) for o in data.observables])
         self.stiffness = None  # StiffnessReport when ``solver.name == "auto"`` was resolved here
         if solver.name == "auto":
-            self.stiffness = self._probe_stiffness()
+            self.stiffness = self._probe_stiffness(cache_dir=cache_dir)
             self.solver = dataclasses.replace(solver, name=self.stiffness.chosen)
         #: why the gradient mode was chosen, when ``solver.adjoint`` was ``auto`` (else "")
         self.solver, self.adjoint_choice = choose_adjoint(self.solver, len(self.estimated))
 
-    def _probe_stiffness(self, draws: int = 8, seed: int = 0):
+    def _probe_stiffness(self, draws: int = 8, seed: int = 0, cache_dir: str | None = None):
         """Measure the stiffness of every condition at the nominal parameters and ``draws`` prior draws (fixed seed,
-        so the choice is reproducible) and choose the solver (``model/stiffness.py``)."""
+        so the choice is reproducible) and choose the solver (``model/stiffness.py``). With ``cache_dir`` the
+        measured spectral radii are stored there and reused by a later build of the same problem; the choice is
+        made from them each time."""
         from ..model.stiffness import choose, probe
 
         a = self.data.arrays
+        stored = None
+        if cache_dir:
+            import hashlib
+            import json
+            from pathlib import Path
+
+            from .exported import export_key
+
+            key = hashlib.sha256(f"{export_key(self, a, jax.default_backend())}:probe:{draws}:{seed}".encode())
+            stored = Path(cache_dir) / "probes" / f"{key.hexdigest()}.json"
+            try:
+                got = json.loads(stored.read_text())
+                return choose(self.solver, np.asarray(got["rho"], float), np.asarray(got["ok"], bool),
+                              np.asarray(a.t1))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
         lat = self.prior_latents(jax.random.PRNGKey(seed), draws)
 
         def params_of(one):
@@ -123,6 +144,14 @@ class ModelBuilder:
         nominal = {k: jnp.broadcast_to(jnp.asarray(r.nominal), (1, C)) for k, r in self.spec.params.items()}
         params = {k: jnp.concatenate([nominal[k], drawn[k]]) for k in drawn}
         rho, ok = probe(params, a.inputs, a.t1, self.data.active, self.solver)
+        if stored is not None:
+            try:
+                from ..runtime import write_bytes_atomic
+
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(stored, json.dumps({"rho": rho.tolist(), "ok": ok.tolist()}).encode())
+            except OSError:
+                pass
         return choose(self.solver, rho, ok, np.asarray(a.t1))
 
     # -- parameters -------------------------------------------------------------------------------------------
