@@ -15,11 +15,13 @@ a ``jax.custom_jvp`` whose tangent is the stored gradient's dot product with the
 per gradient in reverse mode (``value_and_grad`` linearises and transposes the dot product) and in forward mode
 (``jacfwd`` batches the tangents; the primal call is unbatched).
 
-Only the CPU/GPU-native single-chain path uses it: vectorised chains (``vmap`` of the potential) keep the traced one.
+Chains run one per process or one after another use it; vectorised chains (``vmap`` of the potential) keep the
+traced one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,8 +48,8 @@ def export_key(builder, arrays, backend: str) -> str:
     h.update(json.dumps({
         "code": code_sha256(), "versions": package_versions(), "backend": backend,
         "x64": bool(jax.config.jax_enable_x64), "eqx_on_error": os.environ.get("EQX_ON_ERROR", ""),
-        "solver": _solver_dict(builder.solver),
-        "model": [sha256_file(f) for f in builder.spec.sha_inputs()] if hasattr(builder, "spec") else [],
+        "solver": dataclasses.asdict(builder.solver),
+        "model": [sha256_file(f) for f in builder.spec.sha_inputs()],
         "structure": [list(map(str, getattr(builder, k, []))) for k in ("groups", "subjects")]
         + [list(map(str, getattr(getattr(builder, "data", None), k, []))) for k in ("observables", "active")],
     }, sort_keys=True, default=str).encode())
@@ -56,12 +58,6 @@ def export_key(builder, arrays, backend: str) -> str:
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _solver_dict(solver) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(solver) if dataclasses.is_dataclass(solver) else {"repr": repr(solver)}
 
 
 def export_vg(vg: Callable, n: int) -> bytes:
