@@ -6,8 +6,10 @@ XLA:CPU (jax >= 0.4.32) executes a compiled program as a sequence of "thunks", o
 loop runs its body's thunks one by one on every iteration. An ODE solve is a loop of solver steps, each a few dozen
 tiny operations on the states of a few conditions, so the dispatches can cost more than the arithmetic. Below a
 byte threshold (``xla_cpu_small_while_loop_byte_threshold``, an ``--xla_backend_extra_options`` key; about 1 kB by
-default) XLA compiles a loop, or a run of small operations, into one kernel instead. ``myoglucose.runtime`` raises
-it (``runtime.SMALL_LOOP_BYTES``; ``MYOGLUCOSE_XLA_SMALL_LOOP_BYTES`` overrides it, ``off`` keeps XLA's default).
+default) XLA compiles a loop, or a run of small operations, into one kernel instead. Each ``--thresholds`` value
+is put in the worker's ``XLA_FLAGS`` (``off``: none, XLA's default). Finding (docs/performance.md section 1b): with
+jax 0.12 the default already compiles our solver's step loops into one kernel each, so raising it changes nothing
+that matters here.
 
 For every case and every ``--thresholds`` value, in a fresh process with an empty compilation cache (so the first
 call is a cold trace + compile):
@@ -39,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import cpu_model  # noqa: E402
+
+SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
 
 
 def default_cases() -> list[str]:
@@ -84,6 +88,7 @@ def _measure_fit(case: str, repeats: int, work: Path) -> dict:
         times.append(time.perf_counter() - t0)
         values.append(float(v))
     return {"what": f"potential + gradient ({builder.solver.name}, {builder.solver.adjoint})", "build_s": build_s,
+            "hlo": vg.lower(x0).compile().as_text(),
             "first_s": first, "median_s": statistics.median(times), "min_s": min(times), "values": values}
 
 
@@ -124,7 +129,7 @@ def _measure_scenario(case: str, repeats: int, solver: dict) -> dict:
         values.append(float(jnp.sum(g)))
         steps = int(jnp.max(n))
     return {"what": f"8 scenario solves vmapped ({settings.name}, rtol {settings.rtol:g}; {steps} steps)",
-            "build_s": 0.0, "first_s": first, "median_s": statistics.median(times), "min_s": min(times),
+            "build_s": 0.0, "hlo": f.lower(scale).compile().as_text(), "first_s": first, "median_s": statistics.median(times), "min_s": min(times),
             "values": values}
 
 
@@ -140,6 +145,7 @@ def worker(args) -> int:
     else:
         out = _measure_fit(args.case, args.repeats, Path(args.work))
     out["xla_flags"] = info.get("xla_flags", "")
+    out["small_calls"] = out.pop("hlo", "").count("xla_cpu_small_call")
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -164,7 +170,8 @@ def markdown(res: dict) -> str:
     for case, per in res["cases"].items():
         if any("median_s" not in per.get(t, {}) for t in th):
             continue
-        cells = [f"{per[t]['median_s'] * 1e3:.2f} ({per[t]['first_s']:.1f} s)" for t in th]
+        cells = [f"{per[t]['median_s'] * 1e3:.2f} ({per[t]['first_s']:.1f} s; {per[t].get('small_calls', '-')} one-kernel "
+                 "calls)" for t in th]
         ratios = [f"**{per[t]['median_s'] / per[base]['median_s']:.2f}**" for t in th[1:]]
         lines.append(f"| `{case}` | {per[base]['what']} | " + " | ".join(cells) + " | " + " | ".join(ratios)
                      + f" | {per.get('max_rel_diff', float('nan')):.1e} |")
@@ -202,8 +209,10 @@ def main(argv=None) -> int:
             per = res["cases"].setdefault(case, {})
             order = thresholds if i % 2 == 0 else thresholds[::-1]  # alternate which variant runs first
             for t in order:
-                env = {**os.environ, "MYOGLUCOSE_XLA_SMALL_LOOP_BYTES": t}
+                env = dict(os.environ)
                 env.pop("XLA_FLAGS", None)
+                if t != "off":
+                    env["XLA_FLAGS"] = f"--xla_backend_extra_options={SMALL_LOOP_OPTION}={int(t)}"
                 with tempfile.TemporaryDirectory(prefix="cache-", dir=work) as cache:
                     p = subprocess.run([sys.executable, __file__, "--worker", "--case", case, "--cache", cache,
                                         "--work", work, "--repeats", str(args.repeats),

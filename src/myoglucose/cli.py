@@ -278,7 +278,8 @@ def fit(
                    "adjoint": problem[2].solver.adjoint, "adjoint_requested": job.solver.get("adjoint", "auto"),
                    "adjoint_choice": problem[2].adjoint_choice,
                    "rtol": problem[2].solver.rtol, "atol": problem[2].solver.atol,
-                   "backend": info["backend"], "active_states": list(problem[1].active),
+                   "backend": info["backend"], "xla_flags": info.get("xla_flags", ""),
+                   "active_states": list(problem[1].active),
                    "sampler_settings": dataclasses_asdict(settings)},
         )
         tree = build_tree(samples, stats, problem, settings, attrs, log=log)

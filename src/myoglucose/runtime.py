@@ -12,9 +12,6 @@
   (docs/reliability.md).
 - ``host_device_count``: XLA CPU devices (must be set before JAX initialises its backends).
 - XLA's own C++ log lines are hidden (``TF_CPP_MIN_LOG_LEVEL=3`` unless set): they are compiler noise in the logs.
-- small while loops compiled into one kernel each (``XLA_FLAGS``: ``xla_cpu_small_while_loop_byte_threshold``,
-  :func:`with_small_loop_threshold`): an ODE solve is a loop of a few dozen tiny operations per step, and XLA:CPU's
-  thunk runtime dispatches each of them separately (docs/performance.md section 1b).
 """
 
 from __future__ import annotations
@@ -78,36 +75,6 @@ def write_bytes_atomic(final: Path, value: bytes) -> None:
             os.unlink(tmp)
 
 
-#: XLA:CPU's option (``--xla_backend_extra_options``) below which a while loop, or a run of small operations, is
-#: compiled into one kernel instead of being executed as one dispatched "thunk" per operation; its own default is about
-#: 1 kB. Every solver step of an ODE solve is a loop iteration of a few dozen operations on a few hundred bytes
-#: (the states of a few conditions), so with the default each step pays a few dozen dispatches, which cost more than
-#: its arithmetic (jax-ml/jax#40150, #26145: the runtime of jax >= 0.4.32 "significantly degraded performance for many
-#: kinds of small models"). Raised, the whole step runs as one kernel. Measured in benchmarks/bench_xla_flags.py
-#: (docs/performance.md section 1b). ``MYOGLUCOSE_XLA_SMALL_LOOP_BYTES`` overrides it (``0`` or ``off``: XLA's
-#: default); a threshold the user already put in ``XLA_FLAGS`` wins.
-SMALL_LOOP_OPTION = "xla_cpu_small_while_loop_byte_threshold"
-SMALL_LOOP_BYTES = 1_000_000_000
-
-
-def with_small_loop_threshold(flags: str, threshold: str | int | None) -> str:
-    """``flags`` (an ``XLA_FLAGS`` value) with ``SMALL_LOOP_OPTION=threshold`` among its
-    ``--xla_backend_extra_options`` (a comma-separated list of key=value; added when absent). Unchanged when the
-    threshold is ``0``, ``off``, empty or None, or when ``flags`` already sets the option."""
-    value = str(threshold if threshold is not None else "").strip().lower()
-    if value in ("", "0", "off", "no", "false", "none") or SMALL_LOOP_OPTION in flags:
-        return flags
-    if not value.isdigit():
-        raise ValueError(f"MYOGLUCOSE_XLA_SMALL_LOOP_BYTES must be a number of bytes or 'off' (got {threshold!r})")
-    option = f"{SMALL_LOOP_OPTION}={int(value)}"
-    parts = flags.split()
-    for i, part in enumerate(parts):
-        if part.startswith("--xla_backend_extra_options="):
-            parts[i] = f"{part},{option}" if part.split("=", 1)[1] else f"{part}{option}"
-            return " ".join(parts)
-    return " ".join([*parts, f"--xla_backend_extra_options={option}"])
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("MYOGLUCOSE_CACHE_DIR") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if base:
@@ -129,8 +96,6 @@ def configure(device: str = "auto", cache_dir: str | Path | None = None, host_de
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = with_small_loop_threshold(
-        os.environ.get("XLA_FLAGS", ""), os.environ.get("MYOGLUCOSE_XLA_SMALL_LOOP_BYTES", SMALL_LOOP_BYTES))
     if host_device_count > 1:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_force_host_platform_device_count" not in flags:
