@@ -5,8 +5,8 @@
 XLA:CPU (jax >= 0.4.32) executes a compiled program as a sequence of "thunks", one per fused operation, and a while
 loop runs its body's thunks one by one on every iteration. An ODE solve is a loop of solver steps, each a few dozen
 tiny operations on the states of a few conditions, so the dispatches can cost more than the arithmetic. Below a
-byte threshold (``xla_cpu_small_while_loop_byte_threshold``, an ``--xla_backend_extra_options`` key; about 1 kB by
-default) XLA compiles a loop, or a run of small operations, into one kernel instead. Each ``--thresholds`` value
+byte threshold (``xla_cpu_small_while_loop_byte_threshold``, an ``--xla_backend_extra_options`` key) XLA compiles a
+loop, or a run of small operations, into one kernel instead. Each ``--thresholds`` value
 is put in the worker's ``XLA_FLAGS`` (``off``: none, XLA's default). Finding (docs/performance.md section 1b): with
 jax 0.12 the default already compiles our solver's step loops into one kernel each, so raising it changes nothing
 that matters here.
@@ -182,8 +182,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=None, help="comma-separated model:dataset or scenario:<protocol> (default: "
                     "the config's fits and two scenarios)")
-    ap.add_argument("--thresholds", default="off,1000000000",
-                    help="comma-separated byte thresholds; 'off' is XLA's default (first: the baseline of the ratios)")
+    ap.add_argument("--thresholds", default="off,1,1000000000",
+                    help="comma-separated byte thresholds; 'off' is XLA's default, 1 folds no loop (first: the "
+                         "baseline of the ratios)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--scenario-solver", default='{"name": "Tsit5", "rtol": 1e-8, "atol": 1e-8, "dt0": 0.05}')
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "xla_flags.json"))
