@@ -139,7 +139,6 @@ def worker(args) -> int:
     from myoglucose import runtime
 
     info = runtime.configure("cpu", args.cache)
-    os.environ["MYOGLUCOSE_EXPORT_POTENTIAL"] = "0"
     if args.case.startswith("scenario:"):
         out = _measure_scenario(args.case, args.repeats, json.loads(args.scenario_solver))
     else:
