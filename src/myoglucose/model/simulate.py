@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .basal import basal_state
+from .esdirk import ChordKvaerno5
 from .equations import (
     CLAMP_STATES, CORE_STATES, EXERCISE_STATES, INSULIN_KINETIC_STATES, STATE_NAMES, Fluxes, Params, State, fluxes,
     vector_field,
@@ -52,7 +53,11 @@ def _reduced_field(active: tuple[str, ...]):
     return field
 
 
-IMPLICIT_SOLVERS = {"Kvaerno3": diffrax.Kvaerno3, "Kvaerno4": diffrax.Kvaerno4, "Kvaerno5": diffrax.Kvaerno5}
+# "Kvaerno5" is this package's implementation of Kvaerno's 5/4 ESDIRK (model/esdirk.py: the same tableau as
+# diffrax's, Hairer-Wanner's stage-convergence test, derivatives that reuse the step's LU); "DiffraxKvaerno5" is
+# diffrax's own, kept for side-by-side benchmarks (docs/performance.md section 3).
+IMPLICIT_SOLVERS = {"Kvaerno3": diffrax.Kvaerno3, "Kvaerno4": diffrax.Kvaerno4, "Kvaerno5": ChordKvaerno5,
+                    "DiffraxKvaerno5": diffrax.Kvaerno5}
 EXPLICIT_SOLVERS = {"Tsit5": diffrax.Tsit5, "Dopri5": diffrax.Dopri5}
 SOLVERS = {**IMPLICIT_SOLVERS, **EXPLICIT_SOLVERS}
 # "auto": a fit measures the stiffness of its conditions (model/stiffness.py) and picks Tsit5 or Kvaerno5; anywhere
@@ -116,6 +121,14 @@ class SolverSettings:
         return cls(**{k: d[k] for k in ("name", "rtol", "atol", "max_steps", "adjoint", "dt0") if k in d})
 
 
+def make_solver(settings: SolverSettings):
+    """The diffrax solver of ``settings`` (``auto``, where a fit has not resolved it, is the implicit Kvaerno5)."""
+    name = "Kvaerno5" if settings.name == "auto" else settings.name
+    if name == "Kvaerno5":
+        return ChordKvaerno5(rtol=settings.rtol, atol=settings.atol)
+    return SOLVERS[name]()
+
+
 class Solution(eqx.Module):
     ys: State  # states at ``ts`` (leading axis = time)
     ok: Array  # solve succeeded [bool]
@@ -138,7 +151,7 @@ def solve(p: Params, u: InputArrays, ts: Array, t1: Array, settings: SolverSetti
     y0, cov = basal_state(p, u)
     ts = jnp.asarray(ts)
     T = ts.shape
-    solver = SOLVERS["Kvaerno5" if settings.name == "auto" else settings.name]()
+    solver = make_solver(settings)
     controller = diffrax.ClipStepSizeController(
         diffrax.PIDController(rtol=settings.rtol, atol=settings.atol, pcoeff=0.3, icoeff=0.4, dtmax=120.0),
         step_ts=jnp.where(u.insulin_forced > 0.5, u.ins_t, u.t_break[0]),
