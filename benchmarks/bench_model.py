@@ -3,7 +3,7 @@
     python benchmarks/bench_model.py --out benchmarks/out/model.json
 
 For (a) the 4-h 120 mU/m^2/min clamp and (b) 60 min exercise then a next-day clamp, with the production solver
-settings (config/config.yaml ``solver``: Kvaerno5, rtol 1e-6, atol 1e-8) and the production state reduction
+settings (config/config.yaml ``solver``: rtol = atol = 1e-6) and the production state reduction
 (``simulate.active_states``), it measures
 
 * compile time of each program (ahead-of-time ``lower().compile()``, persistent compilation cache OFF);
@@ -14,8 +14,11 @@ settings (config/config.yaml ``solver``: Kvaerno5, rtol 1e-6, atol 1e-8) and the
   differentiates: its sensitivity gradient propagates exactly these; ``grad_estimated``);
 * gradient / forward-solve time ratios and solver steps (``num_steps``: accepted + rejected).
 
-``--solver Tsit5`` measures the explicit solver that ``solver.name: auto`` picks for the clamp fits
-(docs/performance.md section 1); the default is the implicit solver of scenario simulations.
+``--solvers`` measures several solvers side by side in the same process (default: the package's ``Kvaerno5``,
+model/esdirk.py, and diffrax's own ``DiffraxKvaerno5``); every program is compiled first, then the warm repeats run
+round-robin over all programs of the case, so that a slow spell of the machine hits every column alike.
+``--solvers Tsit5`` measures the explicit solver that ``solver.name: auto`` picks for the clamp fits
+(docs/performance.md section 1).
 
 Writes JSON (``--out``) and a markdown table next to it (``model.md``) naming the machine.
 """
@@ -66,7 +69,7 @@ def timed(f, *args):
     return out, time.perf_counter() - t0
 
 
-def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int, estimated: list[str]) -> dict:
+def bench_case(name: str, case: dict, p, solvers: list, repeats: int, n_save: int, estimated: list[str]) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -77,8 +80,6 @@ def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int, es
 
     pr = load_protocol(ROOT / case["protocol"])
     u = build_inputs(pr, 70.0, 1.8)
-    s = dataclasses.replace(long_solver(dataclasses.asdict(settings), pr), adjoint="reverse")
-    s_fwd = dataclasses.replace(s, adjoint="forward")
     active = active_states([pr], insulin_kinetic=True)
     lo, hi = case["window"]
     ts = jnp.asarray(np.linspace(lo, hi, n_save))
@@ -89,79 +90,114 @@ def bench_case(name: str, case: dict, p, settings, repeats: int, n_save: int, es
         gir = observables(p, u, ts, sol)["gir"]
         return jnp.where(sol.ok, jnp.mean(gir), 0.0)
 
-    def forward_solve(p):
-        sol = solve(p, u, ts, t1, s, active)
-        return jnp.where(sol.ok, jnp.mean(observables(p, u, ts, sol)["gir"]), 0.0), sol.ok, sol.num_steps
-
-    def scalar_estimated(q, p):  # q: the estimated parameters, p: all (the rest held fixed)
-        return scalar({**p, **q}, s_fwd)
-
-    programs = {
-        "solve": jax.jit(forward_solve),
-        "grad_reverse": jax.jit(jax.grad(lambda p: scalar(p, s))),
-        "grad_forward": jax.jit(jax.jacfwd(lambda p: scalar(p, s_fwd))),
-        "grad_estimated": jax.jit(lambda p: jax.jacfwd(scalar_estimated)({k: p[k] for k in estimated}, p)),
-    }
     out = {"protocol": case["protocol"], "description": case["description"], "end_min": pr.end,
-           "n_states": len(active), "n_params": len(p), "max_steps": s.max_steps, "scalar_window_min": [lo, hi],
-           "estimated": list(estimated)}
-    for key, fn in programs.items():
-        t0 = time.perf_counter()
-        lowered = fn.lower(p)
-        t_lower = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        compiled = lowered.compile()
-        t_compile = time.perf_counter() - t0
-        res, t_first = timed(compiled, p)
-        times = [timed(compiled, p)[1] for _ in range(repeats)]
-        out[key] = {"trace_lower_s": t_lower, "compile_s": t_compile, "first_run_s": t_first,
-                    "median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
-        if key == "solve":
-            val, ok, steps = res
-            out["scalar_mean_gir_mg_kg_min"] = float(val)
-            out["ok"] = bool(ok)
-            out["num_steps"] = int(steps)
-        else:
-            vals = np.array([float(v) for v in jax.tree_util.tree_leaves(res)])
-            out[key]["all_finite"] = bool(np.all(np.isfinite(vals)))
-        print(f"[bench] {name} {key}: trace+lower {t_lower:.1f} s, compile {t_compile:.1f} s, warm median "
-              f"{out[key]['median_s'] * 1e3:.1f} ms", flush=True)
-    out["ratio_grad_reverse_over_solve"] = out["grad_reverse"]["median_s"] / out["solve"]["median_s"]
-    out["ratio_grad_forward_over_solve"] = out["grad_forward"]["median_s"] / out["solve"]["median_s"]
-    out["ratio_grad_estimated_over_solve"] = out["grad_estimated"]["median_s"] / out["solve"]["median_s"]
+           "n_states": len(active), "n_params": len(p), "scalar_window_min": [lo, hi], "estimated": list(estimated),
+           "solvers": {}}
+    compiled = {}
+    for settings in solvers:
+        s = dataclasses.replace(long_solver(dataclasses.asdict(settings), pr), adjoint="reverse")
+        s_fwd = dataclasses.replace(s, adjoint="forward")
+        s_sens = dataclasses.replace(s, adjoint="sensitivity")  # what a fit's forward sensitivities solve with
+
+        def forward_solve(p, s=s):
+            sol = solve(p, u, ts, t1, s, active)
+            return jnp.where(sol.ok, jnp.mean(observables(p, u, ts, sol)["gir"]), 0.0), sol.ok, sol.num_steps
+
+        def scalar_estimated(q, p, s_sens=s_sens):  # q: the estimated parameters, p: all (the rest held fixed)
+            return scalar({**p, **q}, s_sens)
+
+        programs = {
+            "solve": jax.jit(forward_solve),
+            "grad_reverse": jax.jit(jax.grad(lambda p, s=s: scalar(p, s))),
+            "grad_forward": jax.jit(jax.jacfwd(lambda p, s_fwd=s_fwd: scalar(p, s_fwd))),
+            "grad_estimated": jax.jit(lambda p, f=scalar_estimated: jax.jacfwd(f)({k: p[k] for k in estimated}, p)),
+        }
+        r = out["solvers"][settings.name] = {"max_steps": s.max_steps}
+        for key, fn in programs.items():
+            t0 = time.perf_counter()
+            lowered = fn.lower(p)
+            t_lower = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            c = lowered.compile()
+            t_compile = time.perf_counter() - t0
+            res, t_first = timed(c, p)
+            compiled[(settings.name, key)] = c
+            r[key] = {"trace_lower_s": t_lower, "compile_s": t_compile, "first_run_s": t_first}
+            if key == "solve":
+                val, ok, steps = res
+                r["scalar_mean_gir_mg_kg_min"] = float(val)
+                r["ok"] = bool(ok)
+                r["num_steps"] = int(steps)
+            else:
+                vals = np.array([float(v) for v in jax.tree_util.tree_leaves(res)])
+                r[key]["all_finite"] = bool(np.all(np.isfinite(vals)))
+                r[key]["values"] = {k: float(v) for k, v in res.items()}
+            print(f"[bench] {name} {settings.name} {key}: trace+lower {t_lower:.1f} s, compile {t_compile:.1f} s",
+                  flush=True)
+    times = {k: [] for k in compiled}
+    for _ in range(repeats):  # round-robin: every program once per round
+        for k, c in compiled.items():
+            times[k].append(timed(c, p)[1])
+    for (solver, key), ts_ in times.items():
+        r = out["solvers"][solver]
+        r[key].update({"median_s": statistics.median(ts_), "min_s": min(ts_), "repeats": repeats})
+    for solver, r in out["solvers"].items():
+        for key in ("grad_reverse", "grad_forward", "grad_estimated"):
+            r[f"ratio_{key}_over_solve"] = r[key]["median_s"] / r["solve"]["median_s"]
+        print(f"[bench] {name} {solver}: solve {r['solve']['median_s'] * 1e3:.2f} ms, reverse "
+              f"{r['grad_reverse']['median_s'] * 1e3:.2f} ms ({r['ratio_grad_reverse_over_solve']:.1f}x), forward "
+              f"{r['grad_forward']['median_s'] * 1e3:.2f} ms ({r['ratio_grad_forward_over_solve']:.1f}x), estimated "
+              f"{r['grad_estimated']['median_s'] * 1e3:.2f} ms ({r['ratio_grad_estimated_over_solve']:.1f}x), "
+              f"{r['num_steps']} steps", flush=True)
+    names = list(out["solvers"])
+    if len(names) > 1:  # the derivatives of every solver against the first's
+        ref = out["solvers"][names[0]]["grad_reverse"]["values"]
+        scale = max(abs(v) for v in ref.values())
+        for solver in names[1:]:
+            other = out["solvers"][solver]["grad_reverse"]["values"]
+            out["solvers"][solver]["grad_reverse_max_abs_diff_over_max_abs"] = max(
+                abs(other[k] - ref[k]) for k in ref) / scale
     return out
 
 
 def markdown(res: dict) -> str:
     m = res["machine"]
+    sv = res["solver"]
     lines = [
         "# myoglucose model benchmark",
         "",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, load average (1/5/15 min) at start "
-        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end {'/'.join(f'{x:.1f}' for x in m['loadavg_end'])}; Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, diffrax "
+        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])}, at end {'/'.join(f'{x:.1f}' for x in m['loadavg_end'])}; "
+        f"Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, diffrax "
         f"{m['diffrax']}, equinox {m['equinox']}, backend {m['backend']}. Persistent compilation cache off.",
         "",
-        f"Solver: {res['solver']['name']}, rtol {res['solver']['rtol']}, atol {res['solver']['atol']}, "
-        f"dt0 {res['solver']['dt0']}, "
+        f"Solver tolerances: rtol {sv['rtol']}, atol {sv['atol']}, dt0 {sv['dt0']}; "
         f"states reduced by `active_states`; scalar = mean GIR over the last 30 min of the clamp; gradients w.r.t. "
-        f"all parameters; warm times are the median of {res['repeats']} runs.",
+        f"all parameters; warm times are the median of {res['repeats']} round-robin runs (every program of a case "
+        f"once per round).",
         "",
-        "| case | states | params | steps | trace+lower solve / rev / fwd (s) | compile solve / rev / fwd (s) | "
+        "| case | solver | states | params | steps | trace+lower solve / rev / fwd (s) | compile solve / rev / fwd (s) | "
         "solve (ms) | reverse grad (ms) | forward grad (ms) | rev/solve | fwd/solve | estimated-parameter "
         "grad (ms) | est/solve |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, c in res["cases"].items():
-        est = (f" {c['grad_estimated']['median_s'] * 1e3:.1f} | {c['ratio_grad_estimated_over_solve']:.1f} |"
-               if "grad_estimated" in c else " - | - |")
-        lines.append(
-            f"| {name} | {c['n_states']} | {c['n_params']} | {c['num_steps']} | "
-            f"{c['solve']['trace_lower_s']:.1f} / {c['grad_reverse']['trace_lower_s']:.1f} / "
-            f"{c['grad_forward']['trace_lower_s']:.1f} | "
-            f"{c['solve']['compile_s']:.1f} / {c['grad_reverse']['compile_s']:.1f} / "
-            f"{c['grad_forward']['compile_s']:.1f} | {c['solve']['median_s'] * 1e3:.1f} | "
-            f"{c['grad_reverse']['median_s'] * 1e3:.1f} | {c['grad_forward']['median_s'] * 1e3:.1f} | "
-            f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} |" + est)
+    for name, case in res["cases"].items():
+        for solver, c in case["solvers"].items():
+            lines.append(
+                f"| {name} | {solver} | {case['n_states']} | {case['n_params']} | {c['num_steps']} | "
+                f"{c['solve']['trace_lower_s']:.1f} / {c['grad_reverse']['trace_lower_s']:.1f} / "
+                f"{c['grad_forward']['trace_lower_s']:.1f} | "
+                f"{c['solve']['compile_s']:.1f} / {c['grad_reverse']['compile_s']:.1f} / "
+                f"{c['grad_forward']['compile_s']:.1f} | {c['solve']['median_s'] * 1e3:.2f} | "
+                f"{c['grad_reverse']['median_s'] * 1e3:.2f} | {c['grad_forward']['median_s'] * 1e3:.2f} | "
+                f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} | "
+                f"{c['grad_estimated']['median_s'] * 1e3:.2f} | {c['ratio_grad_estimated_over_solve']:.1f} |")
+    diffs = [(name, solver, c["grad_reverse_max_abs_diff_over_max_abs"]) for name, case in res["cases"].items()
+             for solver, c in case["solvers"].items() if "grad_reverse_max_abs_diff_over_max_abs" in c]
+    if diffs:
+        first = next(iter(next(iter(res["cases"].values()))["solvers"]))
+        lines += ["", f"Reverse-mode gradient against {first}'s (largest difference over the largest entry): "
+                  + "; ".join(f"{n} {s} {d:.1e}" for n, s, d in diffs) + "."]
     ests = {tuple(c.get("estimated", ())) for c in res["cases"].values()} - {()}
     if ests:
         lines += ["", "Estimated parameters (forward mode, the `full` variant's): " + ", ".join(sorted(ests)[0]) + "."]
@@ -173,12 +209,13 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/out/model.json"), help="JSON output path")
-    ap.add_argument("--repeats", type=int, default=7, help="warm repeats per measurement (median reported)")
+    ap.add_argument("--repeats", type=int, default=15, help="warm repeats per measurement (median reported)")
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--n-save", type=int, default=7, help="save times in the scalar's 30-min window")
     ap.add_argument("--rtol", type=float, default=None, help="override config/config.yaml solver.rtol")
     ap.add_argument("--atol", type=float, default=None, help="override config/config.yaml solver.atol")
-    ap.add_argument("--solver", default=None, help="override config/config.yaml solver.name (e.g. Tsit5)")
+    ap.add_argument("--solvers", nargs="*", default=["Kvaerno5", "DiffraxKvaerno5"],
+                    help="solvers measured side by side (e.g. Kvaerno5 DiffraxKvaerno5 Tsit5)")
     ap.add_argument("--markdown-from", default=None, help="only rewrite the markdown table from an existing JSON")
     args = ap.parse_args(argv)
     if args.markdown_from:
@@ -209,11 +246,8 @@ def main(argv=None) -> int:
         cfg["rtol"] = args.rtol
     if args.atol is not None:
         cfg["atol"] = args.atol
-    if args.solver is not None:
-        cfg["name"] = args.solver
-    if cfg.get("name", "auto") == "auto":
-        cfg["name"] = "Kvaerno5"  # scenario simulations use the implicit solver
-    settings = SolverSettings.from_dict(cfg)
+    solvers = [SolverSettings.from_dict({**cfg, "name": name}) for name in args.solvers]
+    settings = solvers[0]
     full = load_model(ROOT / "models/full")
     p = {k: jnp.asarray(v) for k, v in nominal_params(full).items()}
     estimated = [r.id for r in full.estimated]
@@ -230,7 +264,7 @@ def main(argv=None) -> int:
         "cases": {},
     }
     for name in args.cases:
-        res["cases"][name] = bench_case(name, CASES[name], p, settings, args.repeats, args.n_save, estimated)
+        res["cases"][name] = bench_case(name, CASES[name], p, solvers, args.repeats, args.n_save, estimated)
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     res["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -85,10 +85,18 @@ def _rob_scalar(k, solver=None, adjoint=None, rtol=1e-10, atol=1e-14):
 
 def test_derivatives_reverse_forward_finite_differences_and_diffrax_agree():
     """d/dk of a scalar of Robertson's solution at t = 100: reverse mode (checkpointed, the transposed Richardson
-    solves) equals forward mode (the tangent solves), both equal central finite differences of the solve, and
+    solves; custom_root and the fused reverse-only stage) equals forward mode (the tangent solves), both equal
+    central finite differences of the solve, and
     diffrax's Kvaerno5 (its implicit adjoint: a fresh Jacobian and LU per stage) gives the same derivative."""
     rev = jax.jit(jax.grad(lambda k: _rob_scalar(k, adjoint=diffrax.RecursiveCheckpointAdjoint())))(ROB_K)
+    fused = jax.jit(jax.grad(lambda k: _rob_scalar(k, solver=ChordKvaerno5(rtol=1e-10, atol=1e-14, reverse_only=True),
+                                                   adjoint=diffrax.RecursiveCheckpointAdjoint())))(ROB_K)
     fwd = jax.jit(jax.jacfwd(_rob_scalar))(ROB_K)
+    fwd_direct = jax.jit(jax.jacfwd(lambda k: _rob_scalar(k, solver=ChordKvaerno5(rtol=1e-10, atol=1e-14,
+                                                                                 tangent_solve="direct"))))(ROB_K)
+    rev_direct = jax.jit(jax.grad(lambda k: _rob_scalar(k, solver=ChordKvaerno5(rtol=1e-10, atol=1e-14,
+                                                                                tangent_solve="direct"),
+                                                        adjoint=diffrax.RecursiveCheckpointAdjoint())))(ROB_K)
     ref = jax.jit(jax.grad(lambda k: _rob_scalar(k, solver=diffrax.Kvaerno5(),
                                                  adjoint=diffrax.RecursiveCheckpointAdjoint())))(ROB_K)
     f = jax.jit(_rob_scalar)
@@ -100,6 +108,9 @@ def test_derivatives_reverse_forward_finite_differences_and_diffrax_agree():
     fd = np.asarray(fd)
     print("reverse", np.asarray(rev), "forward", np.asarray(fwd), "finite differences", fd, "diffrax", np.asarray(ref))
     np.testing.assert_allclose(np.asarray(rev), np.asarray(fwd), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(rev), rtol=1e-9)  # the fused reverse-mode stage
+    np.testing.assert_allclose(np.asarray(fwd_direct), np.asarray(fwd), rtol=1e-9)  # the materialised stage matrix
+    np.testing.assert_allclose(np.asarray(rev_direct), np.asarray(rev), rtol=1e-9)
     np.testing.assert_allclose(np.asarray(rev), fd, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(rev), np.asarray(ref), rtol=1e-6)
 
@@ -126,6 +137,12 @@ def test_a_blow_up_is_reported_not_raised_and_its_gradient_is_defined():
     assert bool(failed)
     g = jax.jit(jax.grad(lambda c: jnp.where(scalar(c)[0], 0.0, scalar(c)[1])))(jnp.asarray(1.0))
     assert np.isfinite(float(g))
+
+
+def test_the_reverse_only_stage_refuses_forward_mode():
+    solver = ChordKvaerno5(rtol=1e-6, atol=1e-9, reverse_only=True)
+    with pytest.raises(TypeError):
+        jax.jacfwd(lambda k: _rob_scalar(k, solver=solver, rtol=1e-6, atol=1e-9))(ROB_K)
 
 
 def test_rejects_a_state_that_is_not_one_flat_vector():

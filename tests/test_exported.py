@@ -188,7 +188,10 @@ def test_a_fit_draws_the_same_chains_from_a_fresh_or_a_cached_export(tmp_path, m
     diff = max(float(np.max(np.abs(runs["traced"][0][k] - v) / (1e-12 + np.abs(v)))) for k, v in
                runs["fresh"][0].items())
     print(f"traced vs exported: largest relative difference of a draw {diff:.1e}")
-    assert diff < 1e-6
+    # 12 NUTS iterations amplify last-bit rounding differences between the two compiled programs: below 1e-6 on the
+    # machines of sessions 17-19, 5e-5 on an AMD EPYC 2-core machine in session 20 (the same at the commit before
+    # that session's changes); a different chain would differ in the first digit
+    assert diff < 1e-3
 
 
 def test_the_stiffness_probe_is_measured_once_per_problem(sorensen, tmp_path, monkeypatch):

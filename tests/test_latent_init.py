@@ -57,7 +57,9 @@ def test_latent_init_nuts_is_numpyros_nuts(problem):
     """The same start as stock NUTS (the point exactly; potential and gradient within solver rounding, the stock ones
     being evaluated eagerly), and from one state both kernels' compiled steps give the same next states: the same
     computation, ours with the potential behind one shared jit boundary (``potential_energy_fn``), which XLA may
-    round differently in the last bits, so equal to 1e-9 relative, not bit for bit."""
+    round differently in the last bits, so equal to 1e-7 relative, not bit for bit (on an AMD EPYC 2-core machine,
+    session 20, the two differed by 3.6e-9 relative after five steps: the adaptive ODE steps amplify last-bit
+    differences; an error in the kernel would differ by far more)."""
     from numpyro.infer import NUTS
 
     from myoglucose.inference.sample import SamplerSettings, _latent_init_nuts, make_kernel
@@ -83,7 +85,7 @@ def test_latent_init_nuts_is_numpyros_nuts(problem):
     for _ in range(5):
         a, b = step_ours(a), step_stock(b)
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-7, atol=1e-10)
     assert int(a.i) == 5 and not np.array_equal(np.asarray(ravel_pytree(a.z)[0]), np.asarray(z0))  # it moved
     # the constrained values of a state: the latent model's transforms are the whole model's
     c_ours = ours.get_constrain_fn(args, kwargs, return_deterministic=False)(a.z)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
@@ -56,22 +57,165 @@ def _small(diffsize):
     return diffsize < 10.0 ** (2 - jnp.finfo(diffsize.dtype).precision)
 
 
+def _lu_solve(lu_piv, r, trans=0):
+    return jsl.lu_solve(lu_piv, r, trans=trans)
+
+
+def _chord(solver: "ChordKvaerno5", fun, x0, lu_piv):
+    """Chord Newton on fun(x) = 0 with the step's LU factors of ``M ~ dfun/dx``; diffrax.VeryChord's convergence
+    test (Hairer & Wanner II, IV.8: stop once the contraction-rate estimate says the remaining error is below
+    ``kappa`` of the tolerance; fail on divergence or after ``max_newton`` iterations). Returns (x, failed)."""
+    dtype = x0.dtype
+
+    def cond(c):
+        return ~c[4]
+
+    def body(c):
+        x, k, size, _size_prev, _done, _failed = c
+        d = _lu_solve(lu_piv, fun(x))
+        x_new = x - d
+        new_size = jnp.max(jnp.abs(d) / (solver.atol + solver.rtol * jnp.abs(x_new)))
+        rate = new_size / size
+        factor = new_size * rate / (1 - rate)
+        k = k + 1
+        two = k >= 2
+        small = _small(new_size)
+        diverged = ~jnp.isfinite(rate) | (rate > 2)
+        converged = (factor > 0) & (factor < solver.kappa)
+        stop = two & (small | diverged | converged)
+        failed = two & ~small & (diverged | ~converged)
+        out_of_steps = (k >= solver.max_newton) & ~stop
+        return x_new, k, new_size, size, stop | out_of_steps, (stop & failed) | out_of_steps
+
+    c0 = (x0, jnp.asarray(0), jnp.asarray(jnp.inf, dtype), jnp.asarray(1.0, dtype), jnp.asarray(False),
+          jnp.asarray(False))
+    x, _, _, _, _, failed = jax.lax.while_loop(cond, body, c0)
+    # A failed stage rejects the step; its value is never used, but the derivative is still taken there (with a zero
+    # cotangent): return the finite predictor so that no NaN or inf reaches it.
+    return jnp.where(failed, x0, x), failed
+
+
+def _richardson(solver: "ChordKvaerno5", lu_piv, trans: int):
+    """``solve(matvec, b)`` for ``lax.custom_linear_solve``: matvec(x) = b with matvec close to M (trans=0) or M^T
+    (trans=1), by x <- x + M^{-1}(b - matvec(x)) from x = M^{-1} b, until the update is below ``deriv_tol`` of x
+    (at most ``deriv_max_iter`` updates)."""
+
+    def run(matvec, b):
+        x0 = _lu_solve(lu_piv, b, trans)
+
+        def cond(c):
+            x, dx, k = c
+            return (k < solver.deriv_max_iter) & (jnp.max(jnp.abs(dx)) > solver.deriv_tol * jnp.max(jnp.abs(x)))
+
+        def body(c):
+            x, _, k = c
+            dx = _lu_solve(lu_piv, b - matvec(x), trans)
+            return x + dx, dx, k + 1
+
+        return jax.lax.while_loop(cond, body, (x0, x0, jnp.asarray(0)))[0]
+
+    return run
+
+
+def _stage_relation(terms, f, diff):
+    zi, ti, hg, args = diff
+    return terms.vf(ti, zi + hg * f, args)
+
+
+def _direct(matvec, b):
+    """``solve(matvec, b)`` for ``lax.custom_linear_solve`` (as solve and as transpose_solve, which is handed the
+    transposed map): materialise the stage's own matrix (one product per state, whatever the number of right-hand
+    sides), LU-factorise it and solve -- cheaper than Richardson once many tangents share the stage (forward-mode
+    NUTS, the all-parameter Jacobian)."""
+    mat = jax.vmap(matvec)(jnp.eye(b.shape[0], dtype=b.dtype)).T  # column j: matvec(e_j)
+    return jsl.lu_solve(jsl.lu_factor(mat), b)
+
+
+def _stage_custom_root(solver, terms, pred, lu_piv, diff):
+    """One implicit stage, f = F(t_i, z_i + h*gamma*f), differentiable in both modes (``lax.custom_root``)."""
+
+    def residual(f):
+        return f - _stage_relation(terms, f, diff)
+
+    def tangent_solve(g, b):
+        if solver.tangent_solve == "direct":
+            return jax.lax.custom_linear_solve(g, b, solve=_direct, transpose_solve=_direct)
+        return jax.lax.custom_linear_solve(g, b, solve=_richardson(solver, lu_piv, 0),
+                                           transpose_solve=_richardson(solver, lu_piv, 1))
+
+    return jax.lax.custom_root(residual, pred, lambda fun, x0: _chord(solver, fun, x0, lu_piv), tangent_solve,
+                               has_aux=True)
+
+
+@eqx.filter_custom_vjp
+def _stage_reverse(diff, solver, terms, pred, lu_piv):
+    """The same stage for reverse mode only, with a fused backward pass: each Richardson iteration of the transposed
+    system (I - h*gamma*J_i)^T lam = fbar is ONE vector-Jacobian product of the stage relation with respect to
+    everything (state, time, step, parameters), and the last one's parameter part is the cotangent -- one product
+    per iteration, none extra for the parameters (custom_root needs one more)."""
+    return _chord(solver, lambda f: f - _stage_relation(terms, f, diff), pred, lu_piv)
+
+
+@_stage_reverse.def_fwd
+def _stage_reverse_fwd(perturbed, diff, solver, terms, pred, lu_piv):
+    fi, failed = _stage_reverse.fn(diff, solver, terms, pred, lu_piv)
+    return (fi, failed), fi
+
+
+@_stage_reverse.def_bwd
+def _stage_reverse_bwd(fi, grad_obj, perturbed, diff, solver, terms, pred, lu_piv):
+    fbar = grad_obj[0]
+    dyn, static = eqx.partition(diff, eqx.is_inexact_array)
+    if fbar is None:
+        return jax.tree_util.tree_map(lambda _: None, diff)
+    _, vjp = jax.vjp(lambda d: _stage_relation(terms, fi, eqx.combine(d, static)), dyn)
+    hg = diff[2]
+
+    def cond(c):
+        return c[4]
+
+    def body(c):
+        lam, _, k, _, _ = c
+        (cot,) = vjp(lam)
+        # residual of (I - hg J^T) lam = fbar; J^T lam is the state part of the product
+        dlam = _lu_solve(lu_piv, fbar - (lam - hg * cot[0]), 1)
+        go = (k + 1 < solver.deriv_max_iter) & (jnp.max(jnp.abs(dlam)) > solver.deriv_tol * jnp.max(jnp.abs(lam)))
+        return lam + dlam, cot, k + 1, dlam, go
+
+    lam0 = _lu_solve(lu_piv, fbar, 1)
+    cot0 = jax.tree_util.tree_map(jnp.zeros_like, dyn)
+    _, cot, _, _, _ = jax.lax.while_loop(cond, body, (lam0, cot0, jnp.asarray(0), lam0, jnp.asarray(True)))
+    cot = eqx.combine(cot, jax.tree_util.tree_map(lambda _: None, static))
+    return jax.tree_util.tree_map(lambda g, p: g if p else None, cot, perturbed,
+                                  is_leaf=lambda x: x is None)
+
+
 class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
     """Kvaerno 5/4 ESDIRK whose stage derivatives reuse the step's LU (see the module docstring).
 
     ``rtol``/``atol`` are the stage-convergence tolerances: pass the step-size controller's (diffrax does the same
     for its own implicit solvers). ``kappa`` and ``max_newton`` are ``diffrax.VeryChord``'s and ``Kvaerno5``'s.
-    ``deriv_rtol``/``deriv_max_iter`` stop the Richardson iteration of the derivative's linear systems."""
+    The derivative's linear systems are solved to ``kappa * rtol`` (the accuracy the stages themselves are solved
+    to; at least 1e-12), in at most ``deriv_max_iter`` Richardson updates. ``reverse_only=True`` (set for
+    ``solver.adjoint: reverse``) uses the fused reverse-mode stage; forward-mode derivatives then raise.
+    ``tangent_solve``: ``richardson`` (the step's LU and a few products per tangent: few tangents, as forward
+    sensitivities of a fit's estimated parameters) or ``direct`` (the stage's own matrix, materialised and
+    factorised: many tangents, as ``solver.adjoint: forward``)."""
 
     rtol: float
     atol: float
     kappa: float = 1e-2
     max_newton: int = 10
-    deriv_rtol: float = 1e-8
     deriv_max_iter: int = 12
+    reverse_only: bool = False
+    tangent_solve: str = "richardson"
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    @property
+    def deriv_tol(self) -> float:
+        return max(self.kappa * self.rtol, 1e-12)
 
     def order(self, terms):
         return 5
@@ -92,96 +236,25 @@ class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
         dtype = y0.dtype
         h = t1 - t0
         hg = h * GAMMA
-
-        def vf(t, y):
-            return terms.vf(t, y, args)
-
-        f0 = jax.lax.cond(made_jump, lambda: vf(t0, y0), lambda: solver_state)
+        f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: solver_state)
 
         # One Jacobian and one LU per step, at (t0, y0); a preconditioner only, so it carries no derivative.
         y0_c, t0_c, args_c, hg_c = jax.lax.stop_gradient((y0, t0, args, hg))
         jac = jax.jacfwd(lambda y: terms.vf(t0_c, y, args_c))(y0_c)
-        lu_piv = jsl.lu_factor(jnp.eye(n, dtype=dtype) - hg_c * jac)
-
-        def m_solve(r):
-            return jsl.lu_solve(lu_piv, r)
-
-        def mt_solve(r):
-            return jsl.lu_solve(lu_piv, r, trans=1)
-
-        def chord(fun, x0):
-            """Chord Newton on fun(x) = 0 with the step's LU; VeryChord's convergence test. Returns (x, failed)."""
-
-            def cond(c):
-                return ~c[4]
-
-            def body(c):
-                x, k, size, _size_prev, _done, _failed = c
-                d = m_solve(fun(x))
-                x_new = x - d
-                new_size = jnp.max(jnp.abs(d) / (self.atol + self.rtol * jnp.abs(x_new)))
-                rate = new_size / size
-                factor = new_size * rate / (1 - rate)
-                k = k + 1
-                two = k >= 2
-                small = _small(new_size)
-                diverged = ~jnp.isfinite(rate) | (rate > 2)
-                converged = (factor > 0) & (factor < self.kappa)
-                stop = two & (small | diverged | converged)
-                failed = two & ~small & (diverged | ~converged)
-                out_of_steps = (k >= self.max_newton) & ~stop
-                return x_new, k, new_size, size, stop | out_of_steps, (stop & failed) | out_of_steps
-
-            inf = jnp.asarray(jnp.inf, dtype)
-            c0 = (x0, jnp.asarray(0), inf, jnp.asarray(1.0, dtype), jnp.asarray(False), jnp.asarray(False))
-            x, _, _, _, _, failed = jax.lax.while_loop(cond, body, c0)
-            # A failed stage rejects the step; its value is never used, but the derivative is still taken there
-            # (with a zero cotangent): return the finite predictor so that no NaN or inf reaches it.
-            return jnp.where(failed, x0, x), failed
-
-        def richardson(apply_m, precond):
-            """Solve apply_m(x) = b, apply_m close to M: x <- x + M^{-1}(b - apply_m(x)) until the update is
-            below deriv_rtol of x (at most deriv_max_iter)."""
-
-            def run(matvec, b):
-                x0 = precond(b)
-
-                def cond(c):
-                    x, dx, k = c
-                    scale = jnp.max(jnp.abs(x))
-                    return (k < self.deriv_max_iter) & (jnp.max(jnp.abs(dx)) > self.deriv_rtol * scale)
-
-                def body(c):
-                    x, _, k = c
-                    dx = precond(b - matvec(x))
-                    return x + dx, dx, k + 1
-
-                x, _, _ = jax.lax.while_loop(cond, body, (x0, x0, jnp.asarray(0)))
-                return x
-
-            return run
-
-        def tangent_solve(g, b):
-            return jax.lax.custom_linear_solve(g, b, solve=richardson(None, m_solve),
-                                               transpose_solve=richardson(None, mt_solve))
-
-        def stage(i, carry):
-            fs, failed = carry
-            ti = t0 + _C[i] * h
-            zi = y0 + h * (jnp.asarray(_A[i], dtype) @ fs)
-            pred = jnp.asarray(_P[i], dtype) @ fs
-
-            def residual(f):
-                return f - vf(ti, zi + hg * f)
-
-            fi, fail_i = jax.lax.custom_root(residual, pred, chord, tangent_solve, has_aux=True)
-            return fs.at[i].set(fi), failed | fail_i
+        lu_piv = jax.lax.stop_gradient(jsl.lu_factor(jnp.eye(n, dtype=dtype) - hg_c * jac))
 
         fs = jnp.zeros((N_STAGES, n), dtype).at[0].set(f0)
-        carry = (fs, jnp.asarray(False))
+        failed = jnp.asarray(False)
         for i in range(1, N_STAGES):  # static: the tableau rows are constants
-            carry = stage(i, carry)
-        fs, failed = carry
+            ti = t1 if _C[i] == 1.0 else t0 + _C[i] * h
+            diff = (y0 + h * (jnp.asarray(_A[i], dtype) @ fs), ti, hg, args)
+            pred = jax.lax.stop_gradient(jnp.asarray(_P[i], dtype) @ fs)  # a starting guess: no derivative
+            if self.reverse_only:
+                fi, fail_i = _stage_reverse(diff, self, terms, pred, lu_piv)
+            else:
+                fi, fail_i = _stage_custom_root(self, terms, pred, lu_piv, diff)
+            fs = fs.at[i].set(fi)
+            failed = failed | fail_i
 
         y1 = y0 + h * (jnp.asarray(_B_SOL, dtype) @ fs)
         y_error = h * (jnp.asarray(_B_ERR, dtype) @ fs)
