@@ -393,6 +393,16 @@ _SAMPLER_ALIASES = {
     "chain_method": ("chain_method",),
 }
 _PACKAGES = ("myoglucose", "jax", "diffrax", "numpyro", "arviz")
+
+
+def _solver_words(solver: str) -> str:
+    """How the methods paragraph names a solver: Kvaerno5 is the package's own implementation (model/esdirk.py)."""
+    if solver == "Kvaerno5":
+        return ("the Kvaerno5 solver (Kvaerno's 5/4 ESDIRK as implemented in myoglucose on diffrax's integration loop: "
+                "chord Newton with one Jacobian per step, stage derivatives by the implicit function theorem)")
+    if solver == "DiffraxKvaerno5":
+        return "the Kvaerno5 solver of diffrax"
+    return f"the {solver} solver of diffrax"
 # named in the paragraph only when the fit recorded them
 _MORE_PACKAGES = ("jaxlib", "equinox", "lineax", "arviz-stats", "numpy", "scipy", "xarray", "snakemake")
 
@@ -559,7 +569,7 @@ def methods_paragraph(
         if solver_cfg.get("dt0") is not None:
             tol.append(f"first step {float(solver_cfg['dt0']):g} min")
         sentences.append(
-            f"The ODEs were integrated in float64 with the {solver} solver of diffrax"
+            f"The ODEs were integrated in float64 with {_solver_words(solver)}"
             + (" and PID step-size control" if tol else "")
             + (f" ({', '.join(tol)})" if tol else "")
             + ", piecewise between the protocol's input discontinuities, from each subject's basal steady state."
