@@ -30,15 +30,19 @@ def _builder(sorensen, variant, **solver):
     return ModelBuilder(spec, data, SolverSettings(**{"name": "Tsit5", "adjoint": "auto", **solver})), data
 
 
-@pytest.mark.parametrize("variant", ["full", "core"])
-def test_the_loaded_export_computes_the_traced_value_and_gradient(sorensen, variant):
+@pytest.mark.parametrize("variant,solver", [("full", {}), ("core", {}),
+                                            # the package's implicit Kvaerno5: its custom_root stages (forward
+                                            # sensitivities) and its fused reverse-mode stage export too
+                                            ("core", {"name": "Kvaerno5"}),
+                                            ("full", {"name": "Kvaerno5", "adjoint": "reverse"})])
+def test_the_loaded_export_computes_the_traced_value_and_gradient(sorensen, variant, solver):
     from numpyro.infer import init_to_median
     from numpyro.infer.hmc_util import _value_and_grad
 
     from myoglucose.inference.exported import export_vg, load_vg, potential_from_exported
     from myoglucose.inference.sample import _init_z, latent_size, potential
 
-    b, data = _builder(sorensen, variant)
+    b, data = _builder(sorensen, variant, **solver)
     a = data.arrays
     traced, _ = potential(b, a)
     blob = export_vg(traced, latent_size(b, a))
