@@ -69,8 +69,9 @@ ADJOINTS = ("auto", "sensitivity", "reverse", "forward")
 # arithmetic, not per-step overhead, is the cost), while one reverse pass costs 3-4 solves whatever their number;
 # measured on all 14 bundled fits with Tsit5 (docs/performance.md section 3): at 6 parameters reverse was 1.4-2.5x
 # faster on the 9-10-state fits and level on the 27-state ones; at 4 it ranged from 1.5x slower (the 27-state IL-6
-# fit) to 1.2x faster, about even overall. Through an implicit solver reverse mode differentiates every Newton solve
-# and stays far slower (research/inference.md 0b).
+# fit) to 1.2x faster, about even overall. Implicit solvers keep forward sensitivities: with diffrax's Kvaerno5 reverse
+# mode differentiated every Newton solve (research/inference.md 0b); the package's Kvaerno5 (model/esdirk.py) made
+# reverse mode 1.5-1.75x cheaper, but the two modes have not been compared on the fits with it.
 REVERSE_FROM_PARAMETERS = 5
 
 
@@ -88,7 +89,8 @@ def choose_adjoint(settings: "SolverSettings", n_parameters: int) -> tuple["Solv
         why = (f"{n_parameters} estimated ODE parameters per condition with the explicit {settings.name}: fewer than "
                f"{REVERSE_FROM_PARAMETERS}, where forward sensitivities cost about as much as a reverse pass")
     else:
-        why = f"the implicit {settings.name}: reverse mode would differentiate every Newton solve"
+        why = (f"the implicit {settings.name}: forward sensitivities (reverse mode through an implicit solver has not "
+               f"been measured cheaper on the fits)")
     return dataclasses.replace(settings, adjoint="sensitivity"), why
 
 
