@@ -1,23 +1,26 @@
-r"""Kvaerno's 5/4 ESDIRK with a chord-Newton stage solve whose derivative reuses the step's LU factorisation.
+r"""Kvaerno's 5/4 ESDIRK: chord-Newton stages, and one derivative rule for a whole step.
 
 Same method as ``diffrax.Kvaerno5`` (its Butcher tableau, predictors, third-order Hermite dense output, and the
-stage-convergence test of ``diffrax.VeryChord``), but each implicit stage is one ``jax.lax.custom_root``:
+stage-convergence test of ``diffrax.VeryChord``). Two things differ:
 
-* forward: chord Newton in f-space, ``f_i <- f_i - M^{-1} (f_i - F(t_i, z_i + h*gamma*f_i))`` with ONE Jacobian and
-  ONE LU factorisation of ``M = I - h*gamma*J(t0, y0)`` per step (as diffrax does);
-* derivative (implicit function theorem): the stage's tangent system ``(I - h*gamma*J_i) x = b`` (J_i the Jacobian
-  at the stage value) is solved by Richardson iteration preconditioned with the same LU factors -- each iteration
-  one Jacobian-vector product of the vector field and two triangular solves. Reverse mode transposes it
-  (``lax.custom_linear_solve``): vector-Jacobian products and the transposed triangular solves.
+* the solve: chord Newton in f-space, ``f_i <- f_i - M^{-1} (f_i - F(t_i, z_i + h*gamma*f_i))`` with ONE Jacobian
+  and ONE LU factorisation of ``M = I - h*gamma*J(t0, y0)`` per step, as diffrax does;
+* the derivative: a custom JVP of the step's six implicit stages together (``_stages_jvp``), by the implicit
+  function theorem. The stage Jacobians J_i are materialised at the seven stage points in one batched forward-mode
+  evaluation and LU-factorised; the parameter and time terms of all stages are one batched JVP; the rest is a
+  recurrence of small dense products and triangular solves. Reverse mode is JAX's transpose of the same rule, so
+  the parameter cotangents of a step come out of ONE batched vector-Jacobian product.
 
-``diffrax.Kvaerno5`` differentiates each stage through ``optimistix.ImplicitAdjoint``, which materialises a fresh
-Jacobian (one JVP per state) and LU-factorises it for every stage of every step (6 per step); that made the
-all-parameter reverse-mode gradient of the 4-h clamp 5-6x a forward solve (docs/performance.md section 3). Here the
-derivative costs a few vector-field products per stage instead.
+``diffrax.Kvaerno5`` differentiates each stage separately through ``optimistix.ImplicitAdjoint`` (a fresh Jacobian
+and LU per stage, inside each stage's own derivative), and a first version of this module solved each stage's
+tangent system by Richardson iteration on the step's LU (one vector-field product per iteration and stage). Both
+cost more than this rule; the measurements are in docs/performance.md section 3.
 
 Both derivative modes work (``jax.grad`` and ``jax.jacfwd``), as does ``vmap``. States are one flat float array
 (``simulate._reduced_field``); a failed stage solve (diverged, or not converged in ``max_newton`` iterations)
-rejects the step (error estimate +inf), so the controller retries a smaller one, as with diffrax.
+rejects the step (error estimate +inf), so the controller retries a smaller one, as with diffrax; the rejected
+step's tangents are zero and are computed at finite points, so no NaN reaches a derivative through the discarded
+branch.
 
 Reference: Kvaerno A (2004) Singly diagonally implicit Runge-Kutta methods with an explicit first stage. BIT Numer
 Math 44:489-502 (the method); Hairer E, Wanner G (1996) Solving ODEs II, section IV.8 (simplified Newton and its
@@ -95,99 +98,96 @@ def _chord(solver: "ChordKvaerno5", fun, x0, lu_piv):
     return jnp.where(failed, x0, x), failed
 
 
-def _richardson(solver: "ChordKvaerno5", lu_piv, trans: int):
-    """``solve(matvec, b)`` for ``lax.custom_linear_solve``: matvec(x) = b with matvec close to M (trans=0) or M^T
-    (trans=1), by x <- x + M^{-1}(b - matvec(x)) from x = M^{-1} b, until the update is below ``deriv_tol`` of x
-    (at most ``deriv_max_iter`` updates)."""
-
-    def run(matvec, b):
-        x0 = _lu_solve(lu_piv, b, trans)
-
-        def cond(c):
-            x, dx, k = c
-            return (k < solver.deriv_max_iter) & (jnp.max(jnp.abs(dx)) > solver.deriv_tol * jnp.max(jnp.abs(x)))
-
-        def body(c):
-            x, _, k = c
-            dx = _lu_solve(lu_piv, b - matvec(x), trans)
-            return x + dx, dx, k + 1
-
-        return jax.lax.while_loop(cond, body, (x0, x0, jnp.asarray(0)))[0]
-
-    return run
+def _stage_times(t0, t1, h):
+    """The stage times t0 + c_i h, with t1 exactly where c_i = 1."""
+    return jnp.stack([t1 if _C[i] == 1.0 else t0 + _C[i] * h for i in range(N_STAGES)])
 
 
-def _stage_relation(terms, f, diff):
-    zi, ti, hg, args = diff
-    return terms.vf(ti, zi + hg * f, args)
+def _stages_primal(solver: "ChordKvaerno5", terms, y0, f0, t0, t1, args, made_jump):
+    """All stage derivatives f_i of one step (f_0 explicit) by chord Newton with one Jacobian and one LU at
+    (t0, y0); returns (fs [N_STAGES, n], failed)."""
+    n = y0.shape[0]
+    dtype = y0.dtype
+    h = t1 - t0
+    hg = h * GAMMA
+    f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: f0)
+    jac = jax.jacfwd(lambda y: terms.vf(t0, y, args))(y0)
+    lu_piv = jsl.lu_factor(jnp.eye(n, dtype=dtype) - hg * jac)
+    ts = _stage_times(t0, t1, h)
+    fs = jnp.zeros((N_STAGES, n), dtype).at[0].set(f0)
+    failed = jnp.asarray(False)
+    for i in range(1, N_STAGES):  # static: the tableau rows are constants
+        zi = y0 + h * (jnp.asarray(_A[i], dtype) @ fs)
+        pred = jnp.asarray(_P[i], dtype) @ fs
+        fi, fail_i = _chord(solver, lambda f, zi=zi, ti=ts[i]: f - terms.vf(ti, zi + hg * f, args), pred, lu_piv)
+        fs = fs.at[i].set(fi)
+        failed = failed | fail_i
+    return fs, failed
 
 
-def _direct(matvec, b):
-    """``solve(matvec, b)`` for ``lax.custom_linear_solve`` (as solve and as transpose_solve, which is handed the
-    transposed map): materialise the stage's own matrix (one product per state, whatever the number of right-hand
-    sides), LU-factorise it and solve -- cheaper than Richardson once many tangents share the stage (forward-mode
-    NUTS, the all-parameter Jacobian)."""
-    mat = jax.vmap(matvec)(jnp.eye(b.shape[0], dtype=b.dtype)).T  # column j: matvec(e_j)
-    return jsl.lu_solve(jsl.lu_factor(mat), b)
+@eqx.filter_custom_jvp
+def _stages(y0, f0, t0, t1, args, made_jump, solver, terms):
+    return _stages_primal(solver, terms, y0, f0, t0, t1, args, made_jump)
 
 
-def _stage_custom_root(solver, terms, pred, lu_piv, diff):
-    """One implicit stage, f = F(t_i, z_i + h*gamma*f), differentiable in both modes (``lax.custom_root``)."""
+@_stages.def_jvp
+def _stages_jvp(primals, tangents):
+    """Tangents of the stage derivatives by the implicit function theorem, all stages of the step together.
 
-    def residual(f):
-        return f - _stage_relation(terms, f, diff)
+    Stage i solves f_i = F(t_i, w_i, a) with w_i = z_i + h*gamma*f_i, z_i = y0 + h*sum_j A_ij f_j, so
+        (I - h*gamma*J_i) df_i = J_i (dz_i + gamma*dh*f_i) + F_t(w_i) dt_i + F_a(w_i) da,   J_i = dF/dw at w_i.
+    Every J_i is materialised at once (one forward-mode Jacobian evaluated at the seven stage points together,
+    ``vmap``) and LU-factorised; the inhomogeneous terms F_t dt_i + F_a da of all stages are one batched JVP (they do
+    not depend on the other stages' tangents); what is left is a recurrence of small dense products and triangular
+    solves. Reverse mode transposes exactly this: the parameter and time cotangents of the whole step become ONE
+    batched vector-Jacobian product, the state cotangents a backward recurrence of transposed solves."""
+    y0, f0, t0, t1, args, made_jump, solver, terms = primals
+    ty0, tf0, tt0, tt1, targs = tangents[:5]
+    fs, failed = _stages(y0, f0, t0, t1, args, made_jump, solver, terms)
+    n = y0.shape[0]
+    dtype = y0.dtype
+    h = t1 - t0
+    hg = h * GAMMA
+    ok = ~failed
+    ts = _stage_times(t0, t1, h)
+    # the stage points; a failed step (rejected: its tangents are discarded) is linearised at y0 instead, so that
+    # nothing non-finite reaches a transposed solve with a zero cotangent
+    ws = jnp.concatenate([y0[None], y0 + h * (jnp.asarray(_A[1:], dtype) @ fs) + hg * fs[1:]])
+    ws = jnp.where(ok, ws, y0[None])
+    jacs = jax.vmap(lambda t, w: jax.jacfwd(lambda w: terms.vf(t, w, args))(w))(ts, ws)  # [N_STAGES, n, n]
+    eye = jnp.eye(n, dtype=dtype)
+    mats = jnp.where(ok, eye - hg * jacs[1:], eye)
+    lus = jax.vmap(jsl.lu_factor)(mats)
 
-    def tangent_solve(g, b):
-        if solver.tangent_solve == "direct":
-            return jax.lax.custom_linear_solve(g, b, solve=_direct, transpose_solve=_direct)
-        return jax.lax.custom_linear_solve(g, b, solve=_richardson(solver, lu_piv, 0),
-                                           transpose_solve=_richardson(solver, lu_piv, 1))
+    zero = jnp.zeros((), dtype)
+    dt0 = zero if tt0 is None else tt0
+    dt1 = zero if tt1 is None else tt1
+    dh = dt1 - dt0
+    dts = jnp.stack([dt1 if _C[i] == 1.0 else dt0 + _C[i] * dh for i in range(N_STAGES)])
+    # F_t dt_i + F_a da at every stage point: one batched JVP (only the perturbed leaves of args)
+    is_none = lambda x: x is None  # noqa: E731
+    pert = jax.tree_util.tree_map(lambda t: t is not None, targs, is_leaf=is_none) if targs is not None else False
+    if any(jax.tree_util.tree_leaves(pert)):
+        a_p, a_rest = eqx.partition(args, pert)
+        ta_p = jax.tree_util.tree_map(lambda t, p: t if p else None, targs, pert, is_leaf=is_none)
 
-    return jax.lax.custom_root(residual, pred, lambda fun, x0: _chord(solver, fun, x0, lu_piv), tangent_solve,
-                               has_aux=True)
+        def tangent_rhs(t, w, dt):
+            return jax.jvp(lambda t, ap: terms.vf(t, w, eqx.combine(ap, a_rest)), (t, a_p), (dt, ta_p))[1]
+    else:
+        def tangent_rhs(t, w, dt):
+            return jax.jvp(lambda t: terms.vf(t, w, args), (t,), (dt,))[1]
+    r = jax.vmap(tangent_rhs)(ts, ws, dts)
 
-
-@eqx.filter_custom_vjp
-def _stage_reverse(diff, solver, terms, pred, lu_piv):
-    """The same stage for reverse mode only, with a fused backward pass: each Richardson iteration of the transposed
-    system (I - h*gamma*J_i)^T lam = fbar is ONE vector-Jacobian product of the stage relation with respect to
-    everything (state, time, step, parameters), and the last one's parameter part is the cotangent -- one product
-    per iteration, none extra for the parameters (custom_root needs one more)."""
-    return _chord(solver, lambda f: f - _stage_relation(terms, f, diff), pred, lu_piv)
-
-
-@_stage_reverse.def_fwd
-def _stage_reverse_fwd(perturbed, diff, solver, terms, pred, lu_piv):
-    fi, failed = _stage_reverse.fn(diff, solver, terms, pred, lu_piv)
-    return (fi, failed), fi
-
-
-@_stage_reverse.def_bwd
-def _stage_reverse_bwd(fi, grad_obj, perturbed, diff, solver, terms, pred, lu_piv):
-    fbar = grad_obj[0]
-    dyn, static = eqx.partition(diff, eqx.is_inexact_array)
-    if fbar is None:
-        return jax.tree_util.tree_map(lambda _: None, diff)
-    _, vjp = jax.vjp(lambda d: _stage_relation(terms, fi, eqx.combine(d, static)), dyn)
-    hg = diff[2]
-
-    def cond(c):
-        return c[4]
-
-    def body(c):
-        lam, _, k, _, _ = c
-        (cot,) = vjp(lam)
-        # residual of (I - hg J^T) lam = fbar; J^T lam is the state part of the product
-        dlam = _lu_solve(lu_piv, fbar - (lam - hg * cot[0]), 1)
-        go = (k + 1 < solver.deriv_max_iter) & (jnp.max(jnp.abs(dlam)) > solver.deriv_tol * jnp.max(jnp.abs(lam)))
-        return lam + dlam, cot, k + 1, dlam, go
-
-    lam0 = _lu_solve(lu_piv, fbar, 1)
-    cot0 = jax.tree_util.tree_map(jnp.zeros_like, dyn)
-    _, cot, _, _, _ = jax.lax.while_loop(cond, body, (lam0, cot0, jnp.asarray(0), lam0, jnp.asarray(True)))
-    cot = eqx.combine(cot, jax.tree_util.tree_map(lambda _: None, static))
-    return jax.tree_util.tree_map(lambda g, p: g if p else None, cot, perturbed,
-                                  is_leaf=lambda x: x is None)
+    dy0 = jnp.zeros_like(y0) if ty0 is None else ty0
+    df0 = jnp.zeros_like(y0) if tf0 is None else tf0
+    dfs = [jnp.where(made_jump, jacs[0] @ dy0 + r[0], df0)]  # stage 0: F(t0, y0) after a jump, else carried in
+    for i in range(1, N_STAGES):
+        a_i = jnp.asarray(_A[i, :i], dtype)
+        dz = dy0 + dh * (a_i @ fs[:i]) + h * (a_i @ jnp.stack(dfs))
+        rhs = jacs[i] @ (dz + GAMMA * dh * fs[i]) + r[i]
+        dfs.append(jsl.lu_solve((lus[0][i - 1], lus[1][i - 1]), rhs))
+    dfs = jnp.where(ok, jnp.stack(dfs), 0.0)
+    return (fs, failed), (dfs, None)
 
 
 class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
@@ -195,27 +195,15 @@ class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
 
     ``rtol``/``atol`` are the stage-convergence tolerances: pass the step-size controller's (diffrax does the same
     for its own implicit solvers). ``kappa`` and ``max_newton`` are ``diffrax.VeryChord``'s and ``Kvaerno5``'s.
-    The derivative's linear systems are solved to ``kappa * rtol`` (the accuracy the stages themselves are solved
-    to; at least 1e-12), in at most ``deriv_max_iter`` Richardson updates. ``reverse_only=True`` (set for
-    ``solver.adjoint: reverse``) uses the fused reverse-mode stage; forward-mode derivatives then raise.
-    ``tangent_solve``: ``richardson`` (the step's LU and a few products per tangent: few tangents, as forward
-    sensitivities of a fit's estimated parameters) or ``direct`` (the stage's own matrix, materialised and
-    factorised: many tangents, as ``solver.adjoint: forward``)."""
+    Derivatives in either mode go through one custom JVP per step (``_stages_jvp``)."""
 
     rtol: float
     atol: float
     kappa: float = 1e-2
     max_newton: int = 10
-    deriv_max_iter: int = 12
-    reverse_only: bool = False
-    tangent_solve: str = "richardson"
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
-
-    @property
-    def deriv_tol(self) -> float:
-        return max(self.kappa * self.rtol, 1e-12)
 
     def order(self, terms):
         return 5
@@ -232,30 +220,9 @@ class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         if not (isinstance(y0, jax.Array) and y0.ndim == 1):
             raise TypeError("ChordKvaerno5 integrates one flat state vector (simulate._reduced_field)")
-        n = y0.shape[0]
         dtype = y0.dtype
         h = t1 - t0
-        hg = h * GAMMA
-        f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: solver_state)
-
-        # One Jacobian and one LU per step, at (t0, y0); a preconditioner only, so it carries no derivative.
-        y0_c, t0_c, args_c, hg_c = jax.lax.stop_gradient((y0, t0, args, hg))
-        jac = jax.jacfwd(lambda y: terms.vf(t0_c, y, args_c))(y0_c)
-        lu_piv = jax.lax.stop_gradient(jsl.lu_factor(jnp.eye(n, dtype=dtype) - hg_c * jac))
-
-        fs = jnp.zeros((N_STAGES, n), dtype).at[0].set(f0)
-        failed = jnp.asarray(False)
-        for i in range(1, N_STAGES):  # static: the tableau rows are constants
-            ti = t1 if _C[i] == 1.0 else t0 + _C[i] * h
-            diff = (y0 + h * (jnp.asarray(_A[i], dtype) @ fs), ti, hg, args)
-            pred = jax.lax.stop_gradient(jnp.asarray(_P[i], dtype) @ fs)  # a starting guess: no derivative
-            if self.reverse_only:
-                fi, fail_i = _stage_reverse(diff, self, terms, pred, lu_piv)
-            else:
-                fi, fail_i = _stage_custom_root(self, terms, pred, lu_piv, diff)
-            fs = fs.at[i].set(fi)
-            failed = failed | fail_i
-
+        fs, failed = _stages(y0, solver_state, t0, t1, args, made_jump, self, terms)
         y1 = y0 + h * (jnp.asarray(_B_SOL, dtype) @ fs)
         y_error = h * (jnp.asarray(_B_ERR, dtype) @ fs)
         y_error = jnp.where(failed, jnp.inf, y_error)  # a stage that did not converge rejects the step

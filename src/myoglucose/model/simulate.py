@@ -127,10 +127,8 @@ def make_solver(settings: SolverSettings):
     """The diffrax solver of ``settings`` (``auto``, where a fit has not resolved it, is the implicit Kvaerno5)."""
     name = "Kvaerno5" if settings.name == "auto" else settings.name
     if name == "Kvaerno5":
-        # reverse: the fused reverse-mode stage; forward (every latent variable a tangent): the stage's own matrix;
-        # sensitivity (a few estimated parameters): Richardson on the step's LU (model/esdirk.py)
-        return ChordKvaerno5(rtol=settings.rtol, atol=settings.atol, reverse_only=settings.adjoint == "reverse",
-                             tangent_solve="direct" if settings.adjoint == "forward" else "richardson")
+        # one derivative rule for every adjoint: each step's stages linearised together (model/esdirk.py)
+        return ChordKvaerno5(rtol=settings.rtol, atol=settings.atol)
     return SOLVERS[name]()
 
 
