@@ -70,8 +70,9 @@ ADJOINTS = ("auto", "sensitivity", "reverse", "forward")
 # measured on all 14 bundled fits with Tsit5 (docs/performance.md section 3): at 6 parameters reverse was 1.4-2.5x
 # faster on the 9-10-state fits and level on the 27-state ones; at 4 it ranged from 1.5x slower (the 27-state IL-6
 # fit) to 1.2x faster, about even overall. Implicit solvers keep forward sensitivities: with diffrax's Kvaerno5 reverse
-# mode differentiated every Newton solve (research/inference.md 0b); the package's Kvaerno5 (model/esdirk.py) made
-# reverse mode 1.5-1.75x cheaper, but the two modes have not been compared on the fits with it.
+# mode differentiated every Newton solve (research/inference.md 0b). With the package's Kvaerno5 (model/esdirk.py, one
+# derivative rule per step) the 6 estimated parameters of `full` cost 1.9-2.5x a solve in forward sensitivities and all
+# 100 parameters 4-6x in reverse mode (docs/performance.md section 3), so forward sensitivities stay.
 REVERSE_FROM_PARAMETERS = 5
 
 
@@ -89,8 +90,8 @@ def choose_adjoint(settings: "SolverSettings", n_parameters: int) -> tuple["Solv
         why = (f"{n_parameters} estimated ODE parameters per condition with the explicit {settings.name}: fewer than "
                f"{REVERSE_FROM_PARAMETERS}, where forward sensitivities cost about as much as a reverse pass")
     else:
-        why = (f"the implicit {settings.name}: forward sensitivities (reverse mode through an implicit solver has not "
-               f"been measured cheaper on the fits)")
+        why = (f"the implicit {settings.name}: forward sensitivities (with the package's Kvaerno5 a fit's 6 estimated "
+               f"parameters cost 1.9-2.5x a solve this way, a reverse pass 4-6x; docs/performance.md section 3)")
     return dataclasses.replace(settings, adjoint="sensitivity"), why
 
 
