@@ -192,6 +192,20 @@ def markdown(res: dict) -> str:
                 f"{c['grad_reverse']['median_s'] * 1e3:.2f} | {c['grad_forward']['median_s'] * 1e3:.2f} | "
                 f"{c['ratio_grad_reverse_over_solve']:.1f} | {c['ratio_grad_forward_over_solve']:.1f} | "
                 f"{c['grad_estimated']['median_s'] * 1e3:.2f} | {c['ratio_grad_estimated_over_solve']:.1f} |")
+    if all("min_s" in c[k] for case in res["cases"].values() for c in case["solvers"].values()
+           for k in ("solve", "grad_reverse", "grad_forward", "grad_estimated")):
+        lines += ["", "The fastest of the repeats (a machine's slow spells inflate the medians; on a shared or "
+                  "virtual machine the minima are the steadier figure of what each program costs):", "",
+                  "| case | solver | solve (ms) | reverse grad (ms) | forward grad (ms) | estimated-parameter grad (ms) | "
+                  "rev/solve | fwd/solve | est/solve |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, case in res["cases"].items():
+            for solver, c in case["solvers"].items():
+                mins = {k: c[k]["min_s"] for k in ("solve", "grad_reverse", "grad_forward", "grad_estimated")}
+                lines.append(
+                    f"| {name} | {solver} | {mins['solve'] * 1e3:.2f} | {mins['grad_reverse'] * 1e3:.2f} | "
+                    f"{mins['grad_forward'] * 1e3:.2f} | {mins['grad_estimated'] * 1e3:.2f} | "
+                    f"{mins['grad_reverse'] / mins['solve']:.1f} | {mins['grad_forward'] / mins['solve']:.1f} | "
+                    f"{mins['grad_estimated'] / mins['solve']:.1f} |")
     diffs = [(name, solver, c["grad_reverse_max_abs_diff_over_max_abs"]) for name, case in res["cases"].items()
              for solver, c in case["solvers"].items() if "grad_reverse_max_abs_diff_over_max_abs" in c]
     if diffs:
