@@ -105,9 +105,11 @@ def test_derivatives_reverse_forward_finite_differences_and_diffrax_agree():
 
 
 def test_derivatives_in_the_initial_state_the_end_time_and_across_a_jump():
-    """The step's rule also carries tangents of the initial state, of the step's end points (here the end time of
-    the solve) and of the first stage after a jump (``jump_ts``: the step restarts from F(t0, y0), not from the
-    carried-in last stage): y' = -k(t) y + s with k doubling at t = 1, against the closed form, both modes."""
+    """The step's rule also carries tangents of the initial state and of the step's end points (here the end time of
+    the solve), across a ``jump_ts`` jump: y' = -k(t) y + s with k doubling at t = 1, against the closed form, both
+    modes. The step after the jump is short, so this end-to-end check barely sees the first stage's tangent after
+    a jump (F(t0, y0) instead of the carried-in stage); ``test_one_step_jacobians_against_finite_differences``
+    checks that branch."""
     k1, s_in, tj = 3.0, 0.5, 1.0
 
     def field(t, y, a):

@@ -31,8 +31,8 @@ def _builder(sorensen, variant, **solver):
 
 
 @pytest.mark.parametrize("variant,solver", [("full", {}), ("core", {}),
-                                            # the package's implicit Kvaerno5: its custom_root stages (forward
-                                            # sensitivities) and its fused reverse-mode stage export too
+                                            # the package's implicit Kvaerno5: its per-step custom JVP, in forward
+                                            # sensitivities and transposed in reverse mode, exports too
                                             ("core", {"name": "Kvaerno5"}),
                                             ("full", {"name": "Kvaerno5", "adjoint": "reverse"})])
 def test_the_loaded_export_computes_the_traced_value_and_gradient(sorensen, variant, solver):

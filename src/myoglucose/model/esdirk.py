@@ -191,7 +191,7 @@ def _stages_jvp(primals, tangents):
 
 
 class ChordKvaerno5(diffrax.AbstractAdaptiveSolver):
-    """Kvaerno 5/4 ESDIRK whose stage derivatives reuse the step's LU (see the module docstring).
+    """Kvaerno 5/4 ESDIRK: chord-Newton stages, one derivative rule per step (see the module docstring).
 
     ``rtol``/``atol`` are the stage-convergence tolerances: pass the step-size controller's (diffrax does the same
     for its own implicit solvers). ``kappa`` and ``max_newton`` are ``diffrax.VeryChord``'s and ``Kvaerno5``'s.
